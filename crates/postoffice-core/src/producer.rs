@@ -1,0 +1,486 @@
+//! The relay loop: [`Producer`] reads committed messages from a poller and hands
+//! them to a transport, partition by partition.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::future::{BoxFuture, ready};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
+use futures_util::{FutureExt, StreamExt};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tower_service::Service;
+use tracing::Instrument;
+
+use crate::poller::{Complete, DeadLetter, Fail, Fetch, Poller, WaitForWork};
+use crate::retry::Backoff;
+use crate::{BoxError, Message, MessageId, ProducerError, Transport, error_chain, is_permanent};
+
+/// Settings of a [`Producer`]; every setter on the producer documents its default.
+#[derive(Debug, Clone)]
+struct Config {
+    batch_size: usize,
+    in_flight_per_partition: usize,
+    shutdown_grace: Duration,
+    backoff: Backoff,
+    max_attempts: Option<u32>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            in_flight_per_partition: 1,
+            shutdown_grace: Duration::from_secs(10),
+            backoff: Backoff::default(),
+            max_attempts: None,
+        }
+    }
+}
+
+/// The relay: moves committed messages from a poller to a transport.
+///
+/// Each partition is served by one sender at a time, in id order, so messages
+/// with the same partition key reach the transport in publish order; different
+/// partitions are sent concurrently. A message is removed from the store only
+/// after the transport confirmed it, and only the contiguous confirmed prefix
+/// of a partition is removed.
+///
+/// A failed send stops its partition: the message is tried again after a
+/// backoff (its attempt count and next-try time are kept in the store), while
+/// every other partition goes on. A permanent failure, or reaching
+/// [`max_attempts`](Self::max_attempts), moves the message to the dead
+/// letters and the partition goes on with the next message.
+///
+/// ```
+/// use std::time::Duration;
+/// use postoffice_core::{Producer, Transport, memory::InMemoryOutbox, transport::InMemory};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = InMemoryOutbox::default();
+/// let producer = Producer::new(
+///     store.poller::<serde_json::Value, serde_json::Value>(),
+///     Transport::new(InMemory::default()),
+/// )
+/// .batch_size(500)
+/// .shutdown_grace(Duration::from_secs(2));
+///
+/// let token = CancellationToken::new();
+/// token.cancel();
+/// producer.run(token).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Producer<Po, T, H, P> {
+    poller: Po,
+    transport: Transport<T>,
+    config: Config,
+    _types: PhantomData<fn() -> (H, P)>,
+}
+
+impl<Po: fmt::Debug, T: fmt::Debug, H, P> fmt::Debug for Producer<Po, T, H, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer")
+            .field("poller", &self.poller)
+            .field("transport", &self.transport)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<Po, T, H, P> Producer<Po, T, H, P> {
+    /// A producer with default settings.
+    pub fn new(poller: Po, transport: Transport<T>) -> Self {
+        Self { poller, transport, config: Config::default(), _types: PhantomData }
+    }
+
+    /// The most messages read from one partition per fetch (default 100, at
+    /// least 1).
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.config.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// How many sends of one partition may wait for confirmation at once
+    /// (default 1, at least 1).
+    ///
+    /// Sends are always started in id order. Above 1, they overlap, so the
+    /// order in which the broker sees them is the order in which the transport
+    /// enqueues them: raise it only for transports that enqueue in call order
+    /// (the RabbitMQ and Kafka transports do) and without layers that delay
+    /// or reorder calls. After a failure, the sends after it that were already
+    /// confirmed are sent again (duplicates, never gaps).
+    pub fn in_flight_per_partition(mut self, in_flight: usize) -> Self {
+        self.config.in_flight_per_partition = in_flight.max(1);
+        self
+    }
+
+    /// How long [`run`](Self::run) waits for in-flight sends after
+    /// cancellation before abandoning them (default 10 s). Abandoned messages
+    /// stay in the store and are sent again later.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.config.shutdown_grace = grace;
+        self
+    }
+
+    /// The wait before a failed partition is tried again (default
+    /// [`Backoff::default`]: 100 ms doubling up to 60 s, with jitter). The
+    /// wait grows with the message's stored attempt count.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// After this many failed sends a message goes to the dead letters
+    /// (default `None`: retryable failures are retried without limit, keeping
+    /// strict order).
+    pub fn max_attempts(mut self, max_attempts: Option<u32>) -> Self {
+        self.config.max_attempts = max_attempts.map(|n| n.max(1));
+        self
+    }
+}
+
+/// What the producer needs of a transport service; implemented for every
+/// service that fits.
+pub trait Sender<H, P>:
+    Service<
+        Message<H, P>,
+        Response: Send + 'static,
+        Error: Into<BoxError> + 'static,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T, H, P> Sender<H, P> for T where
+    T: Service<
+            Message<H, P>,
+            Response: Send + 'static,
+            Error: Into<BoxError> + 'static,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Where a partition stands after its sender finished.
+struct Outcome {
+    partition: u32,
+    retry_at: Option<Instant>,
+}
+
+/// A failed send: the message and its error.
+struct Failure {
+    id: MessageId,
+    attempts: u32,
+    error: BoxError,
+}
+
+type Confirmed = Arc<Mutex<Vec<MessageId>>>;
+
+impl<Po, T, H, P> Producer<Po, T, H, P>
+where
+    Po: Poller<H, P>,
+    T: Sender<H, P>,
+    H: Send + 'static,
+    P: Send + 'static,
+{
+    /// Relays until `token` is cancelled, then finishes in-flight sends within
+    /// the [shutdown grace](Self::shutdown_grace) and returns.
+    ///
+    /// Store and broker failures do not end the loop: they are logged and
+    /// retried with backoff.
+    ///
+    /// # Errors
+    ///
+    /// Reserved for failures the producer cannot recover from; none of the
+    /// bundled pollers reports one today.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future instead of cancelling the token abandons in-flight
+    /// sends at once. Nothing unconfirmed is removed either way; confirmed
+    /// messages whose removal had not run yet are sent again later.
+    pub async fn run(self, token: CancellationToken) -> Result<(), ProducerError> {
+        let Self { poller, transport, config, .. } = self;
+        let mut busy: HashMap<u32, Confirmed> = HashMap::new();
+        let mut blocked: HashMap<u32, Instant> = HashMap::new();
+        let mut jobs: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
+        let mut poller_failures = 0_u32;
+
+        tracing::debug!("relay started");
+        loop {
+            let now = Instant::now();
+            blocked.retain(|_, due| *due > now);
+
+            {
+                let exclude = busy.keys().chain(blocked.keys()).copied().collect();
+                let fetch = call(poller.clone(), Fetch::new(exclude, config.batch_size));
+                let fetched = tokio::select! {
+                    biased;
+                    () = token.cancelled() => break,
+                    fetched = fetch => fetched,
+                };
+                match fetched {
+                    Ok(messages) => {
+                        poller_failures = 0;
+                        for (partition, batch) in by_partition(messages) {
+                            if let Some(due) = not_due(&batch) {
+                                blocked.insert(partition, due);
+                                continue;
+                            }
+                            let confirmed = Confirmed::default();
+                            busy.insert(partition, Arc::clone(&confirmed));
+                            let job = serve_partition(
+                                poller.clone(),
+                                transport.clone(),
+                                config.clone(),
+                                partition,
+                                batch,
+                                confirmed,
+                            );
+                            let span = tracing::debug_span!("partition", partition);
+                            jobs.push(job.instrument(span).boxed());
+                        }
+                    }
+                    Err(error) => {
+                        let delay = config.backoff.delay(poller_failures).min(MAX_POLLER_BACKOFF);
+                        poller_failures = poller_failures.saturating_add(1);
+                        tracing::warn!(%error, ?delay, "fetching pending messages failed");
+                        tokio::select! {
+                            () = token.cancelled() => break,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        continue;
+                    }
+                }
+            }
+
+            let max_wait = blocked.values().min().map(|due| due.saturating_duration_since(now));
+            let wait = call(poller.clone(), WaitForWork::new(max_wait));
+            tokio::select! {
+                biased;
+                () = token.cancelled() => break,
+                Some(outcome) = jobs.next(), if !jobs.is_empty() => {
+                    settle(outcome, &mut busy, &mut blocked);
+                }
+                woke = wait => {
+                    if let Err(error) = woke {
+                        tracing::warn!(%error, "waiting for new messages failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+
+        shutdown(poller, jobs, busy, config.shutdown_grace).await;
+        tracing::debug!("relay stopped");
+        Ok(())
+    }
+}
+
+/// Upper bound of the wait after a failed fetch.
+const MAX_POLLER_BACKOFF: Duration = Duration::from_secs(5);
+
+async fn call<S, R>(mut service: S, request: R) -> Result<S::Response, S::Error>
+where
+    S: Service<R>,
+{
+    ServiceExt::<R>::ready(&mut service).await?.call(request).await
+}
+
+/// Splits fetched messages by partition, keeping each partition's order.
+fn by_partition<H, P>(messages: Vec<Message<H, P>>) -> Vec<(u32, Vec<Message<H, P>>)> {
+    let mut groups: Vec<(u32, Vec<Message<H, P>>)> = Vec::new();
+    let mut slot: HashMap<u32, usize> = HashMap::new();
+    for message in messages {
+        let index = *slot.entry(message.partition).or_insert_with(|| {
+            groups.push((message.partition, Vec::new()));
+            groups.len() - 1
+        });
+        if let Some((_, group)) = groups.get_mut(index) {
+            group.push(message);
+        }
+    }
+    groups
+}
+
+/// When the head of a partition asked not to be tried before a later time.
+fn not_due<H, P>(batch: &[Message<H, P>]) -> Option<Instant> {
+    let next = batch.first()?.next_attempt_at?;
+    let wait = (next - Utc::now()).to_std().ok().filter(|wait| !wait.is_zero())?;
+    Some(Instant::now() + wait)
+}
+
+fn settle(
+    outcome: Outcome,
+    busy: &mut HashMap<u32, Confirmed>,
+    blocked: &mut HashMap<u32, Instant>,
+) {
+    busy.remove(&outcome.partition);
+    if let Some(due) = outcome.retry_at {
+        blocked.insert(outcome.partition, due);
+    }
+}
+
+fn take(confirmed: &Confirmed) -> Vec<MessageId> {
+    std::mem::take(&mut *confirmed.lock().unwrap_or_else(PoisonError::into_inner))
+}
+
+/// Sends one partition's batch in order, removes the confirmed prefix and
+/// records the failure that stopped it, if any.
+async fn serve_partition<Po, T, H, P>(
+    poller: Po,
+    transport: Transport<T>,
+    config: Config,
+    partition: u32,
+    batch: Vec<Message<H, P>>,
+    confirmed: Confirmed,
+) -> Outcome
+where
+    Po: Poller<H, P>,
+    T: Sender<H, P>,
+{
+    let failure = send_in_order(transport, batch, config.in_flight_per_partition, &confirmed).await;
+
+    let ids = take(&confirmed);
+    if !ids.is_empty() {
+        let count = ids.len();
+        match call(poller.clone(), Complete::new(ids)).await {
+            Ok(()) => tracing::debug!(count, "messages delivered"),
+            Err(error) => {
+                tracing::warn!(%error, count, "removing confirmed messages failed, they will be sent again");
+            }
+        }
+    }
+
+    let retry_at = match failure {
+        None => None,
+        Some(failure) => record_failure(poller, config, failure).await,
+    };
+    Outcome { partition, retry_at }
+}
+
+async fn send_in_order<T, H, P>(
+    mut transport: Transport<T>,
+    batch: Vec<Message<H, P>>,
+    window: usize,
+    confirmed: &Confirmed,
+) -> Option<Failure>
+where
+    T: Sender<H, P>,
+{
+    let mut queue = batch.into_iter();
+    let mut in_flight: FuturesOrdered<BoxFuture<'static, Sent<T::Response>>> =
+        FuturesOrdered::new();
+    let mut stopped = false;
+    loop {
+        while !stopped && in_flight.len() < window {
+            let Some(message) = queue.next() else { break };
+            let (id, attempts) = (message.id, message.attempts);
+            let send = match ServiceExt::<Message<H, P>>::ready(&mut transport).await {
+                Ok(ready) => confirm(id, attempts, ready.call(message)).boxed(),
+                Err(error) => {
+                    stopped = true;
+                    ready((id, attempts, Err(error))).boxed()
+                }
+            };
+            in_flight.push_back(send);
+        }
+        match in_flight.next().await? {
+            (id, _, Ok(_)) => {
+                tracing::trace!(message_id = %id, "send confirmed");
+                confirmed.lock().unwrap_or_else(PoisonError::into_inner).push(id);
+            }
+            (id, attempts, Err(error)) => return Some(Failure { id, attempts, error }),
+        }
+    }
+}
+
+type Sent<R> = (MessageId, u32, Result<R, BoxError>);
+
+async fn confirm<F, R>(id: MessageId, attempts: u32, send: F) -> Sent<R>
+where
+    F: std::future::Future<Output = Result<R, BoxError>>,
+{
+    (id, attempts, send.await)
+}
+
+/// Dead-letters a permanent failure (or one past the attempt limit), or counts
+/// the attempt and returns when the partition may try again.
+async fn record_failure<Po, H, P>(poller: Po, config: Config, failure: Failure) -> Option<Instant>
+where
+    Po: Poller<H, P>,
+{
+    let Failure { id, attempts, error } = failure;
+    let attempt = attempts.saturating_add(1);
+    let reason = error_chain(error.as_ref());
+    let permanent = is_permanent(error.as_ref());
+    let exhausted = config.max_attempts.is_some_and(|max| attempt >= max);
+
+    if permanent || exhausted {
+        tracing::warn!(message_id = %id, attempt, permanent, error = %reason, "message set aside");
+        match call(poller.clone(), DeadLetter::new(id, reason)).await {
+            Ok(()) => return None,
+            Err(error) => {
+                tracing::warn!(message_id = %id, %error, "setting the message aside failed");
+                return Some(Instant::now() + config.backoff.delay(attempts));
+            }
+        }
+    }
+
+    let delay = config.backoff.delay(attempts);
+    tracing::warn!(message_id = %id, attempt, ?delay, error = %reason, "send failed, partition paused");
+    let next_attempt_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    if let Err(error) = call(poller.clone(), Fail::new(id, reason, next_attempt_at)).await {
+        tracing::warn!(message_id = %id, %error, "recording the failed attempt failed");
+    }
+    Some(Instant::now() + delay)
+}
+
+/// Waits for in-flight partitions within the grace, then abandons the rest,
+/// removing what they had confirmed.
+async fn shutdown<Po, H, P>(
+    poller: Po,
+    mut jobs: FuturesUnordered<BoxFuture<'static, Outcome>>,
+    mut busy: HashMap<u32, Confirmed>,
+    grace: Duration,
+) where
+    Po: Poller<H, P>,
+{
+    let deadline = Instant::now() + grace;
+    // Keep a share of the grace for removing what abandoned sends confirmed.
+    let reserve = (grace / 4).min(Duration::from_secs(1));
+    let drain = async {
+        while let Some(outcome) = jobs.next().await {
+            busy.remove(&outcome.partition);
+        }
+    };
+    if tokio::time::timeout_at(deadline - reserve, drain).await.is_ok() {
+        return;
+    }
+
+    drop(jobs);
+    tracing::warn!(partitions = busy.len(), "shutdown grace over, abandoning in-flight sends");
+    let ids: Vec<MessageId> = busy.values().flat_map(take).collect();
+    if ids.is_empty() {
+        return;
+    }
+    let complete = call(poller, Complete::new(ids));
+    match tokio::time::timeout_at(deadline, complete).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "removing confirmed messages at shutdown failed"),
+        Err(_) => tracing::warn!("removing confirmed messages at shutdown timed out"),
+    }
+}

@@ -1,0 +1,242 @@
+//! The relay on the in-memory path: atomicity, per-key order under latency
+//! and concurrency, partition isolation on failure, bounded shutdown.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use postoffice_core::memory::InMemoryOutbox;
+use postoffice_core::retry::Backoff;
+use postoffice_core::transport::InMemory;
+use postoffice_core::{
+    BoxError, EncodedMessage, JsonLayer, Message, Outbox, PartitionKey, Producer, SendError,
+    Transport,
+};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tower::{ServiceBuilder, ServiceExt};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Headers {
+    key: String,
+    seq: u32,
+}
+
+impl PartitionKey for Headers {
+    fn partition_key(&self) -> Vec<u8> {
+        self.key.clone().into_bytes()
+    }
+}
+
+type Msg = Message<Headers, String>;
+
+async fn publish(store: &InMemoryOutbox, keys: usize, per_key: u32) {
+    let outbox = Outbox::new(store.clone());
+    for seq in 0..per_key {
+        let mut tx = store.begin();
+        let batch = (0..keys).map(|k| (Headers { key: format!("key-{k}"), seq }, format!("p{seq}")));
+        outbox.publish_messages(batch, &mut tx).await.expect("publish");
+        tx.commit();
+    }
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(5), Duration::from_millis(20))
+}
+
+#[tokio::test]
+async fn rollback_publishes_nothing() {
+    let store = InMemoryOutbox::default();
+    let outbox = Outbox::new(store.clone());
+    let mut tx = store.begin();
+    let batch = [(Headers { key: "a".into(), seq: 0 }, "x".to_owned())];
+    outbox.publish_messages(batch, &mut tx).await.expect("publish");
+    tx.rollback();
+
+    let received: InMemory<Msg> = InMemory::default();
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(received.clone()));
+    let relay = tokio::spawn(producer.run(token.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    token.cancel();
+    relay.await.expect("join").expect("run");
+    assert!(received.is_empty());
+    assert_eq!(store.pending(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_order_holds_under_random_latency_and_concurrency() {
+    let store = InMemoryOutbox::default();
+    publish(&store, 10, 100).await;
+
+    let received: InMemory<EncodedMessage> = InMemory::default();
+    let sink = received.clone();
+    let jittery = tower::service_fn(move |message: EncodedMessage| {
+        let sink = sink.clone();
+        async move {
+            let delay = rand::rng().random_range(0..3_000);
+            tokio::time::sleep(Duration::from_micros(delay)).await;
+            sink.oneshot(message).await
+        }
+    });
+    let transport = Transport::new(
+        ServiceBuilder::new().concurrency_limit(4).layer(JsonLayer::new()).service(jittery),
+    );
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), transport).batch_size(7);
+    let relay = tokio::spawn(producer.run(token.clone()));
+
+    let got = received.wait_for(1000, Duration::from_secs(60)).await.expect("all 1000 arrive");
+    token.cancel();
+    relay.await.expect("join").expect("run");
+
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for message in &got {
+        let key = message.headers["key"].as_str().expect("key").to_owned();
+        let seq = message.headers["seq"].as_i64().expect("seq");
+        let previous = last.insert(key.clone(), seq).unwrap_or(-1);
+        assert_eq!(seq, previous + 1, "key {key} out of order");
+        assert_eq!(message.content_type, "application/json");
+    }
+    assert_eq!(last.len(), 10);
+    assert_eq!(store.pending(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_partition_stops_alone() {
+    let store = InMemoryOutbox::with_partitions(64);
+    publish(&store, 10, 20).await;
+    let bad_key = "key-3";
+
+    let received: InMemory<Msg> = InMemory::default();
+    let sink = received.clone();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&failures);
+    let transport = tower::service_fn(move |message: Msg| {
+        let sink = sink.clone();
+        let counted = Arc::clone(&counted);
+        async move {
+            if message.headers.key == bad_key {
+                counted.fetch_add(1, Ordering::Relaxed);
+                return Err::<(), BoxError>(SendError::retryable("broker said no").into());
+            }
+            sink.oneshot(message).await.map_err(BoxError::from)
+        }
+    });
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(transport))
+        .backoff(fast_backoff());
+    let relay = tokio::spawn(producer.run(token.clone()));
+
+    let got = received.wait_for(180, Duration::from_secs(30)).await.expect("others arrive");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    token.cancel();
+    relay.await.expect("join").expect("run");
+
+    assert!(got.iter().all(|m| m.headers.key != bad_key));
+    assert_eq!(received.len(), 180);
+    assert_eq!(store.pending(), 20, "the failing key keeps all its messages");
+    assert!(failures.load(Ordering::Relaxed) >= 2, "the failing message was retried");
+    assert!(store.dead_letters().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_failure_is_set_aside_and_the_key_goes_on() {
+    let store = InMemoryOutbox::default();
+    publish(&store, 2, 5).await;
+
+    let received: InMemory<Msg> = InMemory::default();
+    let sink = received.clone();
+    let transport = tower::service_fn(move |message: Msg| {
+        let sink = sink.clone();
+        async move {
+            if message.headers.key == "key-0" && message.headers.seq == 2 {
+                return Err::<(), BoxError>(SendError::permanent("too large").into());
+            }
+            sink.oneshot(message).await.map_err(BoxError::from)
+        }
+    });
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(transport));
+    let relay = tokio::spawn(producer.run(token.clone()));
+    received.wait_for(9, Duration::from_secs(10)).await.expect("the rest arrives");
+    token.cancel();
+    relay.await.expect("join").expect("run");
+
+    let dead = store.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("too large"), "{}", dead[0].reason);
+    assert_eq!(store.pending(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_returns_within_the_grace_and_removes_nothing_unconfirmed() {
+    let store = InMemoryOutbox::default();
+    publish(&store, 4, 10).await;
+    let slow_key = "key-1";
+
+    let received: InMemory<Msg> = InMemory::default();
+    let sink = received.clone();
+    let transport = tower::service_fn(move |message: Msg| {
+        let sink = sink.clone();
+        async move {
+            if message.headers.key == slow_key {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            sink.oneshot(message).await
+        }
+    });
+    let grace = Duration::from_millis(500);
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(transport))
+        .shutdown_grace(grace);
+    let relay = tokio::spawn(producer.run(token.clone()));
+    received.wait_for(30, Duration::from_secs(10)).await.expect("fast keys arrive");
+
+    let started = tokio::time::Instant::now();
+    token.cancel();
+    relay.await.expect("join").expect("run");
+    let took = started.elapsed();
+
+    assert!(took <= grace + Duration::from_millis(250), "shutdown took {took:?}");
+    assert_eq!(received.len(), 30);
+    assert_eq!(store.pending(), 10, "the slow key's unconfirmed messages stay");
+    assert_eq!(store.delivered(), 30);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error_and_writes_nothing() {
+    let store = InMemoryOutbox::default();
+    let outbox = Outbox::new(store.clone());
+    let mut tx = store.begin();
+    let batch = [
+        (Headers { key: "a".into(), seq: 0 }, "fine".to_owned()),
+        (Headers { key: "a".into(), seq: 1 }, "nul \0 inside".to_owned()),
+    ];
+    let error = outbox.publish_messages(batch, &mut tx).await.expect_err("refused");
+    assert!(
+        matches!(error, postoffice_core::PublishError::NulCharacter { index: 1, field: "payload" }),
+        "{error:?}"
+    );
+    assert_eq!(tx.staged(), 0, "nothing of the call is staged");
+    tx.commit();
+    assert_eq!(store.pending(), 0);
+}
+
+#[tokio::test]
+async fn undecodable_rows_are_set_aside_and_the_rest_flows() {
+    let store = InMemoryOutbox::default();
+    store.insert_raw(b"a", r#"{"key":"a","seq":"not a number"}"#, r#""x""#);
+    publish(&store, 1, 3).await;
+    let received: InMemory<Msg> = InMemory::default();
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(received.clone()));
+    let relay = tokio::spawn(producer.run(token.clone()));
+    received.wait_for(3, Duration::from_secs(10)).await.expect("the rest arrives");
+    token.cancel();
+    relay.await.expect("join").expect("run");
+    assert_eq!(store.dead_letters().len(), 1);
+    assert_eq!(store.pending(), 0);
+}
