@@ -1,0 +1,2 @@
+//! Work in progress.
+pub use postoffice_core::*;
