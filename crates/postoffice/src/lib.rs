@@ -1,2 +1,102 @@
-//! Work in progress.
-pub use postoffice_core::*;
+//! Transactional outbox for Rust services, built on tower.
+//!
+//! A service writes its business rows and the messages announcing them in
+//! **one database transaction**; a relay in the same service reads the
+//! committed messages and hands them to RabbitMQ, Kafka or an in-memory
+//! transport through `tower` services. A message is published if and only if
+//! its transaction commits, and reaches the broker at least once, even across
+//! crashes.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `postgres` | yes | [`outbox::sqlx::PgSqlxOutbox`] and its poller |
+//! | `sqlite` | no | the SQLite store, the embedded default |
+//! | `amqp` | no | `transport::RabbitMq` on lapin |
+//! | `kafka` | no | `transport::Kafka` on rdkafka |
+//! | `cloudevents` | no | `JsonCloudEventsLayer` |
+//!
+//! # Example
+//!
+//! Publishing and relaying on the in-memory store and transport (the database
+//! stores take a sqlx transaction instead of `store.begin()`):
+//!
+//! ```
+//! use std::time::Duration;
+//! use postoffice::outbox::memory::InMemoryOutbox;
+//! use postoffice::transport::InMemory;
+//! use postoffice::{CancellationToken, EncodedMessage, JsonLayer, Outbox, PartitionKey, Producer, Transport};
+//! use tower::ServiceBuilder;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct OrderEvent {
+//!     order_id: u64,
+//! }
+//!
+//! impl PartitionKey for OrderEvent {
+//!     fn partition_key(&self) -> Vec<u8> {
+//!         self.order_id.to_be_bytes().to_vec()
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = InMemoryOutbox::default();
+//! let outbox = Outbox::new(store.clone());
+//!
+//! let mut tx = store.begin();
+//! outbox.publish_messages([(OrderEvent { order_id: 7 }, "created")], &mut tx).await?;
+//! tx.commit();
+//!
+//! let received: InMemory<EncodedMessage> = InMemory::default();
+//! let transport = Transport::new(
+//!     ServiceBuilder::new().layer(JsonLayer::new()).service(received.clone()),
+//! );
+//! let producer = Producer::new(store.poller::<OrderEvent, String>(), transport);
+//! let token = CancellationToken::new();
+//! let relay = tokio::spawn(producer.run(token.clone()));
+//!
+//! let got = received.wait_for(1, Duration::from_secs(5)).await?;
+//! assert_eq!(&got[0].body[..], br#""created""#);
+//! token.cancel();
+//! relay.await??;
+//! # Ok(())
+//! # }
+//! ```
+
+pub use postoffice_core::{
+    BoxError, CancellationToken, DEFAULT_PARTITIONS, DecodeError, EncodedMessage, Json,
+    JsonLayer, Message, MessageId, MessageMeta, NewMessage, Outbox, PartitionKey, Poller,
+    Producer, ProducerError, Publish, PublishError, SendError, SendErrorKind, Sender, Transport,
+    error_chain, is_permanent, partition_for,
+};
+pub use postoffice_core::{poller, retry};
+
+/// Stores: the publishing front and the database and in-memory outboxes.
+pub mod outbox {
+    pub use postoffice_core::{NewMessage, Outbox, PartitionKey, Publish, PublishError};
+
+    /// The in-memory store, for tests and small services.
+    pub mod memory {
+        pub use postoffice_core::memory::*;
+    }
+
+    /// The sqlx stores: Postgres (feature `postgres`) and SQLite (feature
+    /// `sqlite`).
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub mod sqlx {
+        pub use postoffice_core::PartitionKey;
+        pub use postoffice_sqlx::*;
+    }
+}
+
+/// Transports: the in-memory one and, behind features, RabbitMQ and Kafka.
+pub mod transport {
+    pub use postoffice_core::transport::*;
+}
+
+/// Encoding layers that turn messages into broker payloads.
+pub mod layer {
+    pub use postoffice_core::json::{APPLICATION_JSON, Json, JsonLayer, encode_json, future};
+}
