@@ -59,12 +59,20 @@ pub struct SendError {
 impl SendError {
     /// A failure worth trying again.
     pub fn retryable(source: impl Into<BoxError>) -> Self {
-        Self { kind: SendErrorKind::Retryable, kind_text: "retryable", source: source.into() }
+        Self {
+            kind: SendErrorKind::Retryable,
+            kind_text: "retryable",
+            source: source.into(),
+        }
     }
 
     /// A failure that will not go away by trying again.
     pub fn permanent(source: impl Into<BoxError>) -> Self {
-        Self { kind: SendErrorKind::Permanent, kind_text: "permanent", source: source.into() }
+        Self {
+            kind: SendErrorKind::Permanent,
+            kind_text: "permanent",
+            source: source.into(),
+        }
     }
 
     /// The classification.

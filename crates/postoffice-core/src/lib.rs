@@ -44,6 +44,17 @@ pub use message::{
 pub use outbox::{Outbox, Publish};
 pub use poller::Poller;
 pub use producer::{Producer, Sender};
+
+/// Names of the metrics the [`Producer`] records through the [`metrics`]
+/// facade. Install any `metrics` recorder (Prometheus, StatsD, ...) to export
+/// them; without one they cost next to nothing.
+///
+/// [`metrics`]: https://docs.rs/metrics
+pub mod metric_names {
+    pub use crate::producer::{
+        METRIC_COMMIT_TO_SEND, METRIC_DEAD_LETTERED, METRIC_DELIVERED, METRIC_RETRIED, METRIC_SENT,
+    };
+}
 pub use transport::Transport;
 
 /// Re-exported so users name the token type without another dependency.

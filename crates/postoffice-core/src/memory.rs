@@ -153,7 +153,10 @@ impl InMemoryOutbox {
     /// Starts a transaction; messages published in it become visible at
     /// [`InMemoryTransaction::commit`].
     pub fn begin(&self) -> InMemoryTransaction {
-        InMemoryTransaction { outbox: self.clone(), staged: Vec::new() }
+        InMemoryTransaction {
+            outbox: self.clone(),
+            staged: Vec::new(),
+        }
     }
 
     /// A poller that owns every partition and waits at most 100 ms between polls.
@@ -163,8 +166,14 @@ impl InMemoryOutbox {
 
     /// A poller that owns only `partitions`; pollers with disjoint sets can run
     /// side by side.
-    pub fn poller_for<H, P>(&self, partitions: impl IntoIterator<Item = u32>) -> InMemoryPoller<H, P> {
-        let owned = partitions.into_iter().filter(|p| *p < self.shared.partitions).collect();
+    pub fn poller_for<H, P>(
+        &self,
+        partitions: impl IntoIterator<Item = u32>,
+    ) -> InMemoryPoller<H, P> {
+        let owned = partitions
+            .into_iter()
+            .filter(|p| *p < self.shared.partitions)
+            .collect();
         InMemoryPoller {
             outbox: self.clone(),
             owned: Arc::new(owned),
@@ -233,7 +242,10 @@ impl InMemoryOutbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -330,8 +342,10 @@ fn decode<H: DeserializeOwned, P: DeserializeOwned>(
     row: &Row,
 ) -> Result<Message<H, P>, DecodeError> {
     let id = MessageId::new(id);
-    let headers = serde_json::from_str(&row.headers).map_err(|source| DecodeError { id, source })?;
-    let payload = serde_json::from_str(&row.payload).map_err(|source| DecodeError { id, source })?;
+    let headers =
+        serde_json::from_str(&row.headers).map_err(|source| DecodeError { id, source })?;
+    let payload =
+        serde_json::from_str(&row.payload).map_err(|source| DecodeError { id, source })?;
     Ok(Message::new(
         id,
         row.partition_key.clone(),
@@ -362,7 +376,9 @@ where
         let mut out = Vec::new();
         let mut undecodable = Vec::new();
         for &partition in self.owned.iter().filter(|p| !request.exclude.contains(p)) {
-            let Some(rows) = state.pending.get(partition as usize) else { continue };
+            let Some(rows) = state.pending.get(partition as usize) else {
+                continue;
+            };
             let mut taken = 0;
             for (&id, row) in rows {
                 if taken == request.per_partition {
@@ -386,8 +402,13 @@ where
 }
 
 fn move_to_dead(state: &mut State, id: i64, reason: String) {
-    let Some(partition) = state.index.remove(&id) else { return };
-    let Some(row) = state.pending.get_mut(partition as usize).and_then(|rows| rows.remove(&id))
+    let Some(partition) = state.index.remove(&id) else {
+        return;
+    };
+    let Some(row) = state
+        .pending
+        .get_mut(partition as usize)
+        .and_then(|rows| rows.remove(&id))
     else {
         return;
     };
@@ -437,12 +458,14 @@ ready_service!(Complete, |this, request| {
 ready_service!(Fail, |this, request| {
     let mut state = this.outbox.lock();
     let id = request.id.get();
-    if let Some(&partition) = state.index.get(&id) {
-        if let Some(row) = state.pending.get_mut(partition as usize).and_then(|r| r.get_mut(&id)) {
-            row.attempts += 1;
-            row.next_attempt_at = Some(request.next_attempt_at);
-            row.last_error = Some(request.error);
-        }
+    let partition = state.index.get(&id).copied();
+    let row = partition
+        .and_then(|p| state.pending.get_mut(p as usize))
+        .and_then(|rows| rows.get_mut(&id));
+    if let Some(row) = row {
+        row.attempts += 1;
+        row.next_attempt_at = Some(request.next_attempt_at);
+        row.last_error = Some(request.error);
     }
 });
 
@@ -463,7 +486,9 @@ impl<H, P> Service<WaitForWork> for InMemoryPoller<H, P> {
     fn call(&mut self, request: WaitForWork) -> Self::Future {
         let mut commits = self.outbox.shared.commits.subscribe();
         let seen = Arc::clone(&self.seen);
-        let wait = request.max_wait.map_or(self.poll_interval, |max| max.min(self.poll_interval));
+        let wait = request
+            .max_wait
+            .map_or(self.poll_interval, |max| max.min(self.poll_interval));
         Box::pin(async move {
             let current = *commits.borrow_and_update();
             if seen.swap(current, Ordering::AcqRel) != current {
@@ -494,20 +519,32 @@ mod tests {
     async fn rollback_leaves_nothing_and_commit_publishes_in_order() {
         let store = InMemoryOutbox::with_partitions(4);
         let mut tx = store.begin();
-        store.clone().oneshot(Publish::new(vec![message("a", 1)], &mut tx)).await.ok();
+        store
+            .clone()
+            .oneshot(Publish::new(vec![message("a", 1)], &mut tx))
+            .await
+            .ok();
         assert_eq!(tx.staged(), 1);
         tx.rollback();
         assert_eq!(store.pending(), 0);
 
         let mut tx = store.begin();
         let batch = vec![message("a", 1), message("a", 2)];
-        store.clone().oneshot(Publish::new(batch, &mut tx)).await.ok();
+        store
+            .clone()
+            .oneshot(Publish::new(batch, &mut tx))
+            .await
+            .ok();
         assert_eq!(store.pending(), 0, "invisible before commit");
         let ids = tx.commit();
         assert_eq!(ids.len(), 2);
         assert!(ids[0] < ids[1]);
         let poller = store.poller::<serde_json::Value, u32>();
-        let got = poller.oneshot(Fetch::new(vec![], 10)).await.ok().unwrap_or_default();
+        let got = poller
+            .oneshot(Fetch::new(vec![], 10))
+            .await
+            .ok()
+            .unwrap_or_default();
         let payloads: Vec<u32> = got.iter().map(|m| m.payload).collect();
         assert_eq!(payloads, [1, 2]);
     }

@@ -138,10 +138,16 @@ where
         let headers_json = serde_json::to_string(&headers).map_err(serialize)?;
         let payload_json = serde_json::to_string(&payload).map_err(serialize)?;
         if has_nul(&headers_json) {
-            return Err(PublishError::NulCharacter { index, field: "headers" });
+            return Err(PublishError::NulCharacter {
+                index,
+                field: "headers",
+            });
         }
         if has_nul(&payload_json) {
-            return Err(PublishError::NulCharacter { index, field: "payload" });
+            return Err(PublishError::NulCharacter {
+                index,
+                field: "payload",
+            });
         }
         out.push(NewMessage {
             partition_key: headers.partition_key(),
@@ -181,8 +187,12 @@ mod tests {
     #[test]
     fn finds_nul_escapes_only() {
         assert!(has_nul(&serde_json::to_string("a\0b").unwrap_or_default()));
-        assert!(!has_nul(&serde_json::to_string("a\\u0000b").unwrap_or_default()));
-        assert!(!has_nul(&serde_json::to_string("plain \u{1} text").unwrap_or_default()));
+        assert!(!has_nul(
+            &serde_json::to_string("a\\u0000b").unwrap_or_default()
+        ));
+        assert!(!has_nul(
+            &serde_json::to_string("plain \u{1} text").unwrap_or_default()
+        ));
         assert!(has_nul(r#"{"k":"\\\u0000"}"#));
     }
 }

@@ -29,7 +29,10 @@ pub struct Fetch {
 impl Fetch {
     /// Builds a request.
     pub fn new(exclude: Vec<u32>, per_partition: usize) -> Self {
-        Self { exclude, per_partition }
+        Self {
+            exclude,
+            per_partition,
+        }
     }
 }
 
@@ -65,7 +68,11 @@ pub struct Fail {
 impl Fail {
     /// Builds a request.
     pub fn new(id: MessageId, error: String, next_attempt_at: DateTime<Utc>) -> Self {
-        Self { id, error, next_attempt_at }
+        Self {
+            id,
+            error,
+            next_attempt_at,
+        }
     }
 }
 

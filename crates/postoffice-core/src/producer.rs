@@ -99,7 +99,12 @@ impl<Po: fmt::Debug, T: fmt::Debug, H, P> fmt::Debug for Producer<Po, T, H, P> {
 impl<Po, T, H, P> Producer<Po, T, H, P> {
     /// A producer with default settings.
     pub fn new(poller: Po, transport: Transport<T>) -> Self {
-        Self { poller, transport, config: Config::default(), _types: PhantomData }
+        Self {
+            poller,
+            transport,
+            config: Config::default(),
+            _types: PhantomData,
+        }
     }
 
     /// The most messages read from one partition per fetch (default 100, at
@@ -213,7 +218,12 @@ where
     /// sends at once. Nothing unconfirmed is removed either way; confirmed
     /// messages whose removal had not run yet are sent again later.
     pub async fn run(self, token: CancellationToken) -> Result<(), ProducerError> {
-        let Self { poller, transport, config, .. } = self;
+        let Self {
+            poller,
+            transport,
+            config,
+            ..
+        } = self;
         let mut busy: HashMap<u32, Confirmed> = HashMap::new();
         let mut blocked: HashMap<u32, Instant> = HashMap::new();
         let mut jobs: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
@@ -255,7 +265,10 @@ where
                         }
                     }
                     Err(error) => {
-                        let delay = config.backoff.delay(poller_failures).min(MAX_POLLER_BACKOFF);
+                        let delay = config
+                            .backoff
+                            .delay(poller_failures)
+                            .min(MAX_POLLER_BACKOFF);
                         poller_failures = poller_failures.saturating_add(1);
                         tracing::warn!(%error, ?delay, "fetching pending messages failed");
                         tokio::select! {
@@ -267,7 +280,10 @@ where
                 }
             }
 
-            let max_wait = blocked.values().min().map(|due| due.saturating_duration_since(now));
+            let max_wait = blocked
+                .values()
+                .min()
+                .map(|due| due.saturating_duration_since(now));
             let wait = call(poller.clone(), WaitForWork::new(max_wait));
             tokio::select! {
                 biased;
@@ -290,6 +306,18 @@ where
     }
 }
 
+/// Counter: sends the transport confirmed.
+pub const METRIC_SENT: &str = "postoffice_sent_total";
+/// Counter: confirmed messages removed (or marked delivered) in the store.
+pub const METRIC_DELIVERED: &str = "postoffice_delivered_total";
+/// Counter: failed sends that will be tried again.
+pub const METRIC_RETRIED: &str = "postoffice_retried_total";
+/// Counter: messages moved to the dead letters by the producer.
+pub const METRIC_DEAD_LETTERED: &str = "postoffice_dead_lettered_total";
+/// Histogram, seconds: from the message's commit (its created time, the
+/// store's clock) to the start of its send.
+pub const METRIC_COMMIT_TO_SEND: &str = "postoffice_commit_to_send_seconds";
+
 /// Upper bound of the wait after a failed fetch.
 const MAX_POLLER_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -297,7 +325,10 @@ async fn call<S, R>(mut service: S, request: R) -> Result<S::Response, S::Error>
 where
     S: Service<R>,
 {
-    ServiceExt::<R>::ready(&mut service).await?.call(request).await
+    ServiceExt::<R>::ready(&mut service)
+        .await?
+        .call(request)
+        .await
 }
 
 /// Splits fetched messages by partition, keeping each partition's order.
@@ -319,7 +350,10 @@ fn by_partition<H, P>(messages: Vec<Message<H, P>>) -> Vec<(u32, Vec<Message<H, 
 /// When the head of a partition asked not to be tried before a later time.
 fn not_due<H, P>(batch: &[Message<H, P>]) -> Option<Instant> {
     let next = batch.first()?.next_attempt_at?;
-    let wait = (next - Utc::now()).to_std().ok().filter(|wait| !wait.is_zero())?;
+    let wait = (next - Utc::now())
+        .to_std()
+        .ok()
+        .filter(|wait| !wait.is_zero())?;
     Some(Instant::now() + wait)
 }
 
@@ -358,7 +392,10 @@ where
     if !ids.is_empty() {
         let count = ids.len();
         match call(poller.clone(), Complete::new(ids)).await {
-            Ok(()) => tracing::debug!(count, "messages delivered"),
+            Ok(()) => {
+                metrics::counter!(METRIC_DELIVERED).increment(count as u64);
+                tracing::debug!(count, "messages delivered");
+            }
             Err(error) => {
                 tracing::warn!(%error, count, "removing confirmed messages failed, they will be sent again");
             }
@@ -369,7 +406,10 @@ where
         None => None,
         Some(failure) => record_failure(poller, config, failure).await,
     };
-    Outcome { partition, retry_at }
+    Outcome {
+        partition,
+        retry_at,
+    }
 }
 
 async fn send_in_order<T, H, P>(
@@ -389,6 +429,10 @@ where
         while !stopped && in_flight.len() < window {
             let Some(message) = queue.next() else { break };
             let (id, attempts) = (message.id, message.attempts);
+            let age = (Utc::now() - message.created_at)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!(METRIC_COMMIT_TO_SEND).record(age.as_secs_f64());
             let send = match ServiceExt::<Message<H, P>>::ready(&mut transport).await {
                 Ok(ready) => confirm(id, attempts, ready.call(message)).boxed(),
                 Err(error) => {
@@ -401,9 +445,19 @@ where
         match in_flight.next().await? {
             (id, _, Ok(_)) => {
                 tracing::trace!(message_id = %id, "send confirmed");
-                confirmed.lock().unwrap_or_else(PoisonError::into_inner).push(id);
+                metrics::counter!(METRIC_SENT).increment(1);
+                confirmed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(id);
             }
-            (id, attempts, Err(error)) => return Some(Failure { id, attempts, error }),
+            (id, attempts, Err(error)) => {
+                return Some(Failure {
+                    id,
+                    attempts,
+                    error,
+                });
+            }
         }
     }
 }
@@ -423,7 +477,11 @@ async fn record_failure<Po, H, P>(poller: Po, config: Config, failure: Failure) 
 where
     Po: Poller<H, P>,
 {
-    let Failure { id, attempts, error } = failure;
+    let Failure {
+        id,
+        attempts,
+        error,
+    } = failure;
     let attempt = attempts.saturating_add(1);
     let reason = error_chain(error.as_ref());
     let permanent = is_permanent(error.as_ref());
@@ -432,7 +490,10 @@ where
     if permanent || exhausted {
         tracing::warn!(message_id = %id, attempt, permanent, error = %reason, "message set aside");
         match call(poller.clone(), DeadLetter::new(id, reason)).await {
-            Ok(()) => return None,
+            Ok(()) => {
+                metrics::counter!(METRIC_DEAD_LETTERED).increment(1);
+                return None;
+            }
             Err(error) => {
                 tracing::warn!(message_id = %id, %error, "setting the message aside failed");
                 return Some(Instant::now() + config.backoff.delay(attempts));
@@ -441,6 +502,7 @@ where
     }
 
     let delay = config.backoff.delay(attempts);
+    metrics::counter!(METRIC_RETRIED).increment(1);
     tracing::warn!(message_id = %id, attempt, ?delay, error = %reason, "send failed, partition paused");
     let next_attempt_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
     if let Err(error) = call(poller.clone(), Fail::new(id, reason, next_attempt_at)).await {
@@ -467,12 +529,18 @@ async fn shutdown<Po, H, P>(
             busy.remove(&outcome.partition);
         }
     };
-    if tokio::time::timeout_at(deadline - reserve, drain).await.is_ok() {
+    if tokio::time::timeout_at(deadline - reserve, drain)
+        .await
+        .is_ok()
+    {
         return;
     }
 
     drop(jobs);
-    tracing::warn!(partitions = busy.len(), "shutdown grace over, abandoning in-flight sends");
+    tracing::warn!(
+        partitions = busy.len(),
+        "shutdown grace over, abandoning in-flight sends"
+    );
     let ids: Vec<MessageId> = busy.values().flat_map(take).collect();
     if ids.is_empty() {
         return;

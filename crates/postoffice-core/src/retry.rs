@@ -50,7 +50,12 @@ impl Default for Backoff {
 impl Backoff {
     /// A doubling backoff from `min` to `max`, with jitter.
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), factor: 2.0, jitter: true }
+        Self {
+            min,
+            max: max.max(min),
+            factor: 2.0,
+            jitter: true,
+        }
     }
 
     /// Sets the growth factor (at least 1).
@@ -117,7 +122,11 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// Retries up to `max_retries` times per request.
     pub fn new(backoff: Backoff, max_retries: u32) -> Self {
-        Self { backoff, max_retries, attempt: 0 }
+        Self {
+            backoff,
+            max_retries,
+            attempt: 0,
+        }
     }
 }
 
@@ -149,12 +158,16 @@ mod tests {
 
     #[test]
     fn delays_grow_and_stay_capped() {
-        let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(80)).jitter(false);
+        let backoff =
+            Backoff::new(Duration::from_millis(10), Duration::from_millis(80)).jitter(false);
         let expected = [10, 20, 40, 80, 80, 80];
         for (attempt, want) in (0..6).zip(expected) {
             // backon computes in f32, so allow a millisecond of rounding.
             let got = backoff.delay(attempt).as_millis();
-            assert!(got.abs_diff(want) <= 1, "attempt {attempt}: {got} ms, want {want} ms");
+            assert!(
+                got.abs_diff(want) <= 1,
+                "attempt {attempt}: {got} ms, want {want} ms"
+            );
         }
         let jittered = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
         for attempt in 0..10 {

@@ -1,5 +1,6 @@
 //! The relay on the in-memory path: atomicity, per-key order under latency
 //! and concurrency, partition isolation on failure, bounded shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,8 +37,19 @@ async fn publish(store: &InMemoryOutbox, keys: usize, per_key: u32) {
     let outbox = Outbox::new(store.clone());
     for seq in 0..per_key {
         let mut tx = store.begin();
-        let batch = (0..keys).map(|k| (Headers { key: format!("key-{k}"), seq }, format!("p{seq}")));
-        outbox.publish_messages(batch, &mut tx).await.expect("publish");
+        let batch = (0..keys).map(|k| {
+            (
+                Headers {
+                    key: format!("key-{k}"),
+                    seq,
+                },
+                format!("p{seq}"),
+            )
+        });
+        outbox
+            .publish_messages(batch, &mut tx)
+            .await
+            .expect("publish");
         tx.commit();
     }
 }
@@ -51,13 +63,25 @@ async fn rollback_publishes_nothing() {
     let store = InMemoryOutbox::default();
     let outbox = Outbox::new(store.clone());
     let mut tx = store.begin();
-    let batch = [(Headers { key: "a".into(), seq: 0 }, "x".to_owned())];
-    outbox.publish_messages(batch, &mut tx).await.expect("publish");
+    let batch = [(
+        Headers {
+            key: "a".into(),
+            seq: 0,
+        },
+        "x".to_owned(),
+    )];
+    outbox
+        .publish_messages(batch, &mut tx)
+        .await
+        .expect("publish");
     tx.rollback();
 
     let received: InMemory<Msg> = InMemory::default();
     let token = CancellationToken::new();
-    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(received.clone()));
+    let producer = Producer::new(
+        store.poller::<Headers, String>(),
+        Transport::new(received.clone()),
+    );
     let relay = tokio::spawn(producer.run(token.clone()));
     tokio::time::sleep(Duration::from_millis(300)).await;
     token.cancel();
@@ -82,13 +106,19 @@ async fn per_key_order_holds_under_random_latency_and_concurrency() {
         }
     });
     let transport = Transport::new(
-        ServiceBuilder::new().concurrency_limit(4).layer(JsonLayer::new()).service(jittery),
+        ServiceBuilder::new()
+            .concurrency_limit(4)
+            .layer(JsonLayer::new())
+            .service(jittery),
     );
     let token = CancellationToken::new();
     let producer = Producer::new(store.poller::<Headers, String>(), transport).batch_size(7);
     let relay = tokio::spawn(producer.run(token.clone()));
 
-    let got = received.wait_for(1000, Duration::from_secs(60)).await.expect("all 1000 arrive");
+    let got = received
+        .wait_for(1000, Duration::from_secs(60))
+        .await
+        .expect("all 1000 arrive");
     token.cancel();
     relay.await.expect("join").expect("run");
 
@@ -130,15 +160,25 @@ async fn a_failing_partition_stops_alone() {
         .backoff(fast_backoff());
     let relay = tokio::spawn(producer.run(token.clone()));
 
-    let got = received.wait_for(180, Duration::from_secs(30)).await.expect("others arrive");
+    let got = received
+        .wait_for(180, Duration::from_secs(30))
+        .await
+        .expect("others arrive");
     tokio::time::sleep(Duration::from_millis(200)).await;
     token.cancel();
     relay.await.expect("join").expect("run");
 
     assert!(got.iter().all(|m| m.headers.key != bad_key));
     assert_eq!(received.len(), 180);
-    assert_eq!(store.pending(), 20, "the failing key keeps all its messages");
-    assert!(failures.load(Ordering::Relaxed) >= 2, "the failing message was retried");
+    assert_eq!(
+        store.pending(),
+        20,
+        "the failing key keeps all its messages"
+    );
+    assert!(
+        failures.load(Ordering::Relaxed) >= 2,
+        "the failing message was retried"
+    );
     assert!(store.dead_letters().is_empty());
 }
 
@@ -161,7 +201,10 @@ async fn a_permanent_failure_is_set_aside_and_the_key_goes_on() {
     let token = CancellationToken::new();
     let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(transport));
     let relay = tokio::spawn(producer.run(token.clone()));
-    received.wait_for(9, Duration::from_secs(10)).await.expect("the rest arrives");
+    received
+        .wait_for(9, Duration::from_secs(10))
+        .await
+        .expect("the rest arrives");
     token.cancel();
     relay.await.expect("join").expect("run");
 
@@ -193,16 +236,26 @@ async fn cancelling_returns_within_the_grace_and_removes_nothing_unconfirmed() {
     let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(transport))
         .shutdown_grace(grace);
     let relay = tokio::spawn(producer.run(token.clone()));
-    received.wait_for(30, Duration::from_secs(10)).await.expect("fast keys arrive");
+    received
+        .wait_for(30, Duration::from_secs(10))
+        .await
+        .expect("fast keys arrive");
 
     let started = tokio::time::Instant::now();
     token.cancel();
     relay.await.expect("join").expect("run");
     let took = started.elapsed();
 
-    assert!(took <= grace + Duration::from_millis(250), "shutdown took {took:?}");
+    assert!(
+        took <= grace + Duration::from_millis(250),
+        "shutdown took {took:?}"
+    );
     assert_eq!(received.len(), 30);
-    assert_eq!(store.pending(), 10, "the slow key's unconfirmed messages stay");
+    assert_eq!(
+        store.pending(),
+        10,
+        "the slow key's unconfirmed messages stay"
+    );
     assert_eq!(store.delivered(), 30);
 }
 
@@ -212,12 +265,33 @@ async fn bad_input_is_a_typed_error_and_writes_nothing() {
     let outbox = Outbox::new(store.clone());
     let mut tx = store.begin();
     let batch = [
-        (Headers { key: "a".into(), seq: 0 }, "fine".to_owned()),
-        (Headers { key: "a".into(), seq: 1 }, "nul \0 inside".to_owned()),
+        (
+            Headers {
+                key: "a".into(),
+                seq: 0,
+            },
+            "fine".to_owned(),
+        ),
+        (
+            Headers {
+                key: "a".into(),
+                seq: 1,
+            },
+            "nul \0 inside".to_owned(),
+        ),
     ];
-    let error = outbox.publish_messages(batch, &mut tx).await.expect_err("refused");
+    let error = outbox
+        .publish_messages(batch, &mut tx)
+        .await
+        .expect_err("refused");
     assert!(
-        matches!(error, postoffice_core::PublishError::NulCharacter { index: 1, field: "payload" }),
+        matches!(
+            error,
+            postoffice_core::PublishError::NulCharacter {
+                index: 1,
+                field: "payload"
+            }
+        ),
         "{error:?}"
     );
     assert_eq!(tx.staged(), 0, "nothing of the call is staged");
@@ -232,9 +306,15 @@ async fn undecodable_rows_are_set_aside_and_the_rest_flows() {
     publish(&store, 1, 3).await;
     let received: InMemory<Msg> = InMemory::default();
     let token = CancellationToken::new();
-    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(received.clone()));
+    let producer = Producer::new(
+        store.poller::<Headers, String>(),
+        Transport::new(received.clone()),
+    );
     let relay = tokio::spawn(producer.run(token.clone()));
-    received.wait_for(3, Duration::from_secs(10)).await.expect("the rest arrives");
+    received
+        .wait_for(3, Duration::from_secs(10))
+        .await
+        .expect("the rest arrives");
     token.cancel();
     relay.await.expect("join").expect("run");
     assert_eq!(store.dead_letters().len(), 1);

@@ -25,11 +25,15 @@ enum State<F> {
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn sending(inner: F) -> Self {
-        Self { state: State::Sending(inner) }
+        Self {
+            state: State::Sending(inner),
+        }
     }
 
     pub(crate) fn failed(error: BoxError) -> Self {
-        Self { state: State::Failed(Some(error)) }
+        Self {
+            state: State::Failed(Some(error)),
+        }
     }
 }
 
@@ -43,9 +47,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Sending(inner) => inner.poll(cx).map_err(Into::into),
-            StateProj::Failed(error) => {
-                Poll::Ready(Err(error.take().unwrap_or_else(|| "polled after completion".into())))
-            }
+            StateProj::Failed(error) => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "polled after completion".into()))),
         }
     }
 }

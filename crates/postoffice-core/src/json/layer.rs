@@ -27,7 +27,9 @@ impl Default for JsonLayer {
 impl JsonLayer {
     /// A layer that labels bodies `application/json`.
     pub fn new() -> Self {
-        Self { content_type: APPLICATION_JSON.to_owned() }
+        Self {
+            content_type: APPLICATION_JSON.to_owned(),
+        }
     }
 
     /// Labels bodies with another JSON MIME type.

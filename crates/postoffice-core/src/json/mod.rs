@@ -31,7 +31,10 @@ pub struct Json<S> {
 impl<S> Json<S> {
     /// Wraps `inner`, labelling bodies `application/json`.
     pub fn new(inner: S) -> Self {
-        Self { inner, content_type: APPLICATION_JSON.to_owned() }
+        Self {
+            inner,
+            content_type: APPLICATION_JSON.to_owned(),
+        }
     }
 
     /// The inner service.
@@ -61,7 +64,12 @@ pub fn encode_json<H: Serialize, P: Serialize>(
 ) -> Result<EncodedMessage, serde_json::Error> {
     let headers = serde_json::to_value(&message.headers)?;
     let body = serde_json::to_vec(&message.payload)?;
-    Ok(EncodedMessage::new(message.meta(), headers, content_type, body))
+    Ok(EncodedMessage::new(
+        message.meta(),
+        headers,
+        content_type,
+        body,
+    ))
 }
 
 impl<S, H, P> Service<Message<H, P>> for Json<S>

@@ -52,13 +52,17 @@ impl<M> Default for InMemory<M> {
 
 impl<M> Clone for InMemory<M> {
     fn clone(&self) -> Self {
-        Self { shared: Arc::clone(&self.shared) }
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
 impl<M> fmt::Debug for InMemory<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InMemory").field("received", &self.len()).finish()
+        f.debug_struct("InMemory")
+            .field("received", &self.len())
+            .finish()
     }
 }
 
@@ -114,13 +118,20 @@ impl<M> InMemory<M> {
         let reached = tokio::time::timeout(timeout, count.wait_for(|&c| c >= n)).await;
         match reached {
             Ok(Ok(_)) => Ok(self.messages()),
-            _ => Err(WaitTimeout { wanted: n, received: self.len(), waited: timeout }),
+            _ => Err(WaitTimeout {
+                wanted: n,
+                received: self.len(),
+                waited: timeout,
+            }),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<M>> {
         // A panic elsewhere while holding the lock leaves a valid Vec.
-        self.shared.received.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .received
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -78,6 +78,8 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        self.inner.call(request).map_err(Into::into as fn(S::Error) -> BoxError)
+        self.inner
+            .call(request)
+            .map_err(Into::into as fn(S::Error) -> BoxError)
     }
 }
