@@ -22,6 +22,7 @@
 //!
 //! [Postoffice]: https://github.com/postoffice-rs/postoffice
 
+pub mod dead_letter;
 mod error;
 pub mod json;
 pub mod memory;
@@ -32,6 +33,7 @@ mod producer;
 pub mod retry;
 pub mod transport;
 
+pub use dead_letter::{DeadLetterEntry, DeadLetterPolicy};
 pub use error::{
     BoxError, DecodeError, ProducerError, PublishError, SendError, SendErrorKind, error_chain,
     is_permanent,

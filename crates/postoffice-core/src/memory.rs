@@ -49,6 +49,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tower_service::Service;
 
+use crate::dead_letter::{DeadLetterEntry, DeadLetterPolicy};
 use crate::poller::{Complete, DeadLetter, Fail, Fetch, WaitForWork};
 use crate::{
     BoxError, DEFAULT_PARTITIONS, DecodeError, Message, MessageId, NewMessage, Publish,
@@ -67,6 +68,7 @@ pub struct InMemoryOutbox {
 
 struct Shared {
     partitions: u32,
+    policy: DeadLetterPolicy,
     state: Mutex<State>,
     /// Counts commits; pollers wait for it to change.
     commits: watch::Sender<u64>,
@@ -79,7 +81,8 @@ struct State {
     pending: Vec<BTreeMap<i64, Row>>,
     /// Partition of every pending id.
     index: HashMap<i64, u32>,
-    dead: Vec<DeadLetterEntry>,
+    /// Set-aside messages by id.
+    dead: BTreeMap<i64, DeadLetterEntry>,
     delivered: u64,
 }
 
@@ -92,24 +95,6 @@ struct Row {
     created_at: DateTime<Utc>,
     next_attempt_at: Option<DateTime<Utc>>,
     last_error: Option<String>,
-}
-
-/// A message set aside from the in-memory outbox, with its reason.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct DeadLetterEntry {
-    /// Id of the message.
-    pub id: MessageId,
-    /// Partition key bytes.
-    pub partition_key: Vec<u8>,
-    /// Headers as stored (JSON text).
-    pub headers: String,
-    /// Payload as stored (JSON text).
-    pub payload: String,
-    /// Failed attempts before it was set aside.
-    pub attempts: u32,
-    /// Why it was set aside.
-    pub reason: String,
 }
 
 impl Default for InMemoryOutbox {
@@ -130,6 +115,12 @@ impl fmt::Debug for InMemoryOutbox {
 impl InMemoryOutbox {
     /// An empty outbox with `partitions` partitions (at least one).
     pub fn with_partitions(partitions: u32) -> Self {
+        Self::with_options(partitions, DeadLetterPolicy::default())
+    }
+
+    /// An empty outbox with `partitions` partitions (at least one) and a
+    /// dead-letter policy.
+    pub fn with_options(partitions: u32, policy: DeadLetterPolicy) -> Self {
         let partitions = partitions.max(1);
         let state = State {
             next_id: 1,
@@ -139,6 +130,7 @@ impl InMemoryOutbox {
         Self {
             shared: Arc::new(Shared {
                 partitions,
+                policy,
                 state: Mutex::new(state),
                 commits: watch::Sender::new(0),
             }),
@@ -193,9 +185,52 @@ impl InMemoryOutbox {
         self.lock().delivered
     }
 
-    /// The messages set aside, oldest first.
+    /// The messages set aside, by id.
     pub fn dead_letters(&self) -> Vec<DeadLetterEntry> {
-        self.lock().dead.clone()
+        self.lock().dead.values().cloned().collect()
+    }
+
+    /// Puts set-aside messages back in the pending set under their original
+    /// ids, so each goes out before the later messages of its partition that
+    /// are still pending. Their attempt counts start again from zero. Returns
+    /// how many were replayed; unknown ids are ignored.
+    pub fn replay(&self, ids: &[MessageId]) -> usize {
+        let mut state = self.lock();
+        let mut replayed = 0;
+        for id in ids {
+            let Some(entry) = state.dead.remove(&id.get()) else {
+                continue;
+            };
+            let row = Row {
+                partition_key: entry.partition_key,
+                headers: entry.headers,
+                payload: entry.payload,
+                attempts: 0,
+                created_at: entry.created_at,
+                next_attempt_at: None,
+                last_error: None,
+            };
+            if let Some(rows) = state.pending.get_mut(entry.partition as usize) {
+                rows.insert(id.get(), row);
+                state.index.insert(id.get(), entry.partition);
+                replayed += 1;
+            }
+        }
+        drop(state);
+        self.shared.commits.send_modify(|c| *c += 1);
+        replayed
+    }
+
+    /// Drops set-aside messages for good. Returns how many were dropped.
+    pub fn purge(&self, ids: &[MessageId]) -> usize {
+        let mut state = self.lock();
+        let purged = ids
+            .iter()
+            .filter(|id| state.dead.remove(&id.get()).is_some())
+            .count();
+        drop(state);
+        self.shared.commits.send_modify(|c| *c += 1);
+        purged
     }
 
     /// Stores a raw row as if it had been committed, bypassing serialization.
@@ -375,7 +410,12 @@ where
         let mut state = self.outbox.lock();
         let mut out = Vec::new();
         let mut undecodable = Vec::new();
-        for &partition in self.owned.iter().filter(|p| !request.exclude.contains(p)) {
+        let blocked: Vec<u32> = match self.outbox.shared.policy {
+            DeadLetterPolicy::Block => state.dead.values().map(|d| d.partition).collect(),
+            _ => Vec::new(),
+        };
+        let serve = |p: &&u32| !request.exclude.contains(p) && !blocked.contains(p);
+        for &partition in self.owned.iter().filter(serve) {
             let Some(rows) = state.pending.get(partition as usize) else {
                 continue;
             };
@@ -389,7 +429,12 @@ where
                         out.push(message);
                         taken += 1;
                     }
-                    Err(error) => undecodable.push((id, partition, error)),
+                    Err(error) => {
+                        undecodable.push((id, partition, error));
+                        if self.outbox.shared.policy == DeadLetterPolicy::Block {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -412,14 +457,18 @@ fn move_to_dead(state: &mut State, id: i64, reason: String) {
     else {
         return;
     };
-    state.dead.push(DeadLetterEntry {
-        id: MessageId::new(id),
-        partition_key: row.partition_key,
-        headers: row.headers,
-        payload: row.payload,
-        attempts: row.attempts,
+    let entry = DeadLetterEntry::new(
+        MessageId::new(id),
+        row.partition_key,
+        partition,
+        row.headers,
+        row.payload,
+        row.attempts,
+        row.created_at,
         reason,
-    });
+        Utc::now(),
+    );
+    state.dead.insert(id, entry);
 }
 
 macro_rules! ready_service {

@@ -320,3 +320,85 @@ async fn undecodable_rows_are_set_aside_and_the_rest_flows() {
     assert_eq!(store.dead_letters().len(), 1);
     assert_eq!(store.pending(), 0);
 }
+
+/// A transport that refuses `seq == 2` of `key-0` for good while `refuse` is
+/// set, and records everything else.
+fn poison_transport(
+    received: InMemory<Msg>,
+    refuse: Arc<std::sync::atomic::AtomicBool>,
+) -> impl tower::Service<Msg, Response = (), Error = BoxError, Future: Send> + Clone + Send {
+    tower::service_fn(move |message: Msg| {
+        let sink = received.clone();
+        let refuse = Arc::clone(&refuse);
+        async move {
+            let poison = message.headers.key == "key-0" && message.headers.seq == 2;
+            if poison && refuse.load(Ordering::SeqCst) {
+                return Err::<(), BoxError>(SendError::permanent("refused for good").into());
+            }
+            sink.oneshot(message).await.map_err(BoxError::from)
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_policy_holds_the_partition_until_replay_and_replay_keeps_order() {
+    use postoffice_core::DeadLetterPolicy;
+    use std::sync::atomic::AtomicBool;
+
+    let store = InMemoryOutbox::with_options(16, DeadLetterPolicy::Block);
+    publish(&store, 2, 5).await;
+    let received: InMemory<Msg> = InMemory::default();
+    let refuse = Arc::new(AtomicBool::new(true));
+    let transport = poison_transport(received.clone(), Arc::clone(&refuse));
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(transport));
+    let relay = tokio::spawn(producer.run(token.clone()));
+
+    // key-1 flows entirely; key-0 stops before its poison message.
+    received
+        .wait_for(7, Duration::from_secs(10))
+        .await
+        .expect("7 arrive");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received.len(), 7, "key-0 is held after the poison message");
+    let dead = store.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(store.pending(), 2, "key-0 seq 3 and 4 wait");
+
+    refuse.store(false, Ordering::SeqCst);
+    assert_eq!(store.replay(&[dead[0].id]), 1);
+    let got = received
+        .wait_for(10, Duration::from_secs(10))
+        .await
+        .expect("all arrive");
+    token.cancel();
+    relay.await.expect("join").expect("run");
+
+    let key0: Vec<u32> = got
+        .iter()
+        .filter(|m| m.headers.key == "key-0")
+        .map(|m| m.headers.seq)
+        .collect();
+    assert_eq!(
+        key0,
+        [0, 1, 2, 3, 4],
+        "replay puts the message back in its original place"
+    );
+    assert!(store.dead_letters().is_empty());
+}
+
+#[tokio::test]
+async fn purge_drops_dead_letters() {
+    let store = InMemoryOutbox::default();
+    let id = store.insert_raw(b"a", "not json", "1");
+    let poller = store.poller::<Headers, String>();
+    let fetched = poller
+        .oneshot(postoffice_core::poller::Fetch::new(vec![], 10))
+        .await
+        .unwrap();
+    assert!(fetched.is_empty());
+    assert_eq!(store.dead_letters().len(), 1);
+    assert_eq!(store.purge(&[id]), 1);
+    assert!(store.dead_letters().is_empty());
+    assert_eq!(store.pending(), 0);
+}
