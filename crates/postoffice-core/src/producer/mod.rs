@@ -18,9 +18,12 @@ use tower::ServiceExt;
 use tower_service::Service;
 use tracing::Instrument;
 
+mod ack;
+
 use crate::poller::{Complete, DeadLetter, Fail, Fetch, Poller, WaitForWork};
 use crate::retry::Backoff;
 use crate::{BoxError, Message, MessageId, ProducerError, Transport, error_chain, is_permanent};
+use ack::Acker;
 
 /// Settings of a [`Producer`]; every setter on the producer documents its default.
 #[derive(Debug, Clone)]
@@ -228,6 +231,7 @@ where
         let mut blocked: HashMap<u32, Instant> = HashMap::new();
         let mut jobs: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
         let mut poller_failures = 0_u32;
+        let (acker, mut ack_task) = Acker::spawn(poller.clone());
 
         tracing::debug!("relay started");
         loop {
@@ -254,6 +258,7 @@ where
                             busy.insert(partition, Arc::clone(&confirmed));
                             let job = serve_partition(
                                 poller.clone(),
+                                acker.clone(),
                                 transport.clone(),
                                 config.clone(),
                                 partition,
@@ -300,7 +305,16 @@ where
             }
         }
 
-        shutdown(poller, jobs, busy, config.shutdown_grace).await;
+        let deadline = Instant::now() + config.shutdown_grace;
+        shutdown(poller, jobs, busy, deadline).await;
+        drop(acker);
+        if tokio::time::timeout_at(deadline, &mut ack_task)
+            .await
+            .is_err()
+        {
+            ack_task.abort();
+            tracing::warn!("removal of confirmed messages still running at shutdown, abandoned");
+        }
         tracing::debug!("relay stopped");
         Ok(())
     }
@@ -376,6 +390,7 @@ fn take(confirmed: &Confirmed) -> Vec<MessageId> {
 /// records the failure that stopped it, if any.
 async fn serve_partition<Po, T, H, P>(
     poller: Po,
+    acker: Acker,
     transport: Transport<T>,
     config: Config,
     partition: u32,
@@ -391,7 +406,7 @@ where
     let ids = take(&confirmed);
     if !ids.is_empty() {
         let count = ids.len();
-        match call(poller.clone(), Complete::new(ids)).await {
+        match acker.complete(ids).await {
             Ok(()) => {
                 metrics::counter!(METRIC_DELIVERED).increment(count as u64);
                 tracing::debug!(count, "messages delivered");
@@ -517,12 +532,12 @@ async fn shutdown<Po, H, P>(
     poller: Po,
     mut jobs: FuturesUnordered<BoxFuture<'static, Outcome>>,
     mut busy: HashMap<u32, Confirmed>,
-    grace: Duration,
+    deadline: Instant,
 ) where
     Po: Poller<H, P>,
 {
-    let deadline = Instant::now() + grace;
     // Keep a share of the grace for removing what abandoned sends confirmed.
+    let grace = deadline.saturating_duration_since(Instant::now());
     let reserve = (grace / 4).min(Duration::from_secs(1));
     let drain = async {
         while let Some(outcome) = jobs.next().await {
