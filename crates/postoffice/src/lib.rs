@@ -98,5 +98,16 @@ pub mod transport {
 
 /// Encoding layers that turn messages into broker payloads.
 pub mod layer {
-    pub use postoffice_core::json::{APPLICATION_JSON, Json, JsonLayer, encode_json, future};
+    pub use postoffice_core::json::{APPLICATION_JSON, Json, JsonLayer, encode_json};
+
+    /// CloudEvents 1.0 encoding (feature `cloudevents`).
+    #[cfg(feature = "cloudevents")]
+    pub mod cloudevents {
+        pub use postoffice_cloudevents::*;
+    }
+    #[cfg(feature = "cloudevents")]
+    pub use postoffice_cloudevents::{BinaryMode, JsonCloudEvents, JsonCloudEventsLayer};
 }
+
+#[cfg(feature = "cloudevents")]
+pub use postoffice_cloudevents::JsonCloudEventsLayer;
