@@ -1,0 +1,137 @@
+//! The response future of [`Kafka`](crate::Kafka).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project::pin_project;
+use postoffice_core::{MessageId, SendError};
+use rdkafka::producer::DeliveryFuture;
+use tokio::time::Sleep;
+
+use crate::{Delivered, ProduceError};
+
+/// Resolves when librdkafka reports on the message: `Ok` once the broker
+/// stored it with `acks=all`, or the classified failure; a retryable
+/// [`ProduceError::Timeout`] when no report came within the message timeout.
+#[pin_project]
+pub struct ResponseFuture {
+    #[pin]
+    state: State,
+}
+
+#[pin_project(project = StateProj)]
+enum State {
+    Delivering {
+        #[pin]
+        delivery: DeliveryFuture,
+        #[pin]
+        deadline: Sleep,
+        timeout: Duration,
+        id: MessageId,
+        topic: String,
+    },
+    Failed(Option<SendError>),
+}
+
+impl ResponseFuture {
+    pub(crate) fn delivering(
+        delivery: DeliveryFuture,
+        timeout: Duration,
+        id: MessageId,
+        topic: String,
+    ) -> Self {
+        let deadline = tokio::time::sleep(timeout);
+        Self {
+            state: State::Delivering {
+                delivery,
+                deadline,
+                timeout,
+                id,
+                topic,
+            },
+        }
+    }
+
+    pub(crate) fn failed(error: SendError) -> Self {
+        Self {
+            state: State::Failed(Some(error)),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.state {
+            State::Delivering { id, topic, .. } => f
+                .debug_struct("ResponseFuture")
+                .field("message_id", id)
+                .field("topic", topic)
+                .finish_non_exhaustive(),
+            State::Failed(error) => f
+                .debug_struct("ResponseFuture")
+                .field("failed", error)
+                .finish(),
+        }
+    }
+}
+
+/// Wraps a produce failure with its classification.
+pub(crate) fn classify(error: ProduceError) -> SendError {
+    if error.is_permanent() {
+        SendError::permanent(error)
+    } else {
+        SendError::retryable(error)
+    }
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Delivered, SendError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Delivering {
+                delivery,
+                deadline,
+                timeout,
+                id,
+                topic,
+            } => {
+                let Poll::Ready(report) = delivery.poll(cx) else {
+                    return match deadline.poll(cx) {
+                        Poll::Ready(()) => {
+                            let waited = *timeout;
+                            Poll::Ready(Err(classify(ProduceError::Timeout { waited })))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                };
+                Poll::Ready(match report {
+                    Ok(Ok(delivery)) => {
+                        tracing::trace!(
+                            message_id = %id,
+                            topic = %topic,
+                            kafka_partition = delivery.partition,
+                            offset = delivery.offset,
+                            "message delivered"
+                        );
+                        Ok(Delivered {
+                            partition: delivery.partition,
+                            offset: delivery.offset,
+                        })
+                    }
+                    Ok(Err((source, _message))) => {
+                        let topic = std::mem::take(topic);
+                        Err(classify(ProduceError::Delivery { topic, source }))
+                    }
+                    Err(_canceled) => Err(classify(ProduceError::Canceled)),
+                })
+            }
+            StateProj::Failed(error) => Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                SendError::retryable("response future polled after completion")
+            }))),
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! The Kafka transport against a real Kafka-protocol broker (`KAFKA_BROKERS`,
+//! default 127.0.0.1:9092; `scripts/kafka.sh` starts tansu there).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use postoffice_core::memory::InMemoryOutbox;
+use postoffice_core::retry::Backoff;
+use postoffice_core::{JsonLayer, MessageId, Outbox, PartitionKey, Producer, Transport};
+use postoffice_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use postoffice_kafka::rdkafka::client::DefaultClientContext;
+use postoffice_kafka::rdkafka::consumer::{Consumer, StreamConsumer};
+use postoffice_kafka::rdkafka::message::{Headers as _, Message as _};
+use postoffice_kafka::rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use postoffice_kafka::{Kafka, MESSAGE_ID_HEADER};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+
+const PARTITIONS: i32 = 3;
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+fn random_name(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Headers {
+    key: String,
+    kind: String,
+}
+
+impl PartitionKey for Headers {
+    fn partition_key(&self) -> Vec<u8> {
+        self.key.clone().into_bytes()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Payload {
+    seq: u32,
+    #[serde(default)]
+    filler: String,
+}
+
+/// Creates a topic of its own for one test; tansu does not create topics on
+/// first produce.
+async fn create_topic() -> String {
+    let topic = random_name("postoffice-test");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let new = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
+    let results = admin
+        .create_topics([&new], &options)
+        .await
+        .unwrap_or_else(|error| panic!("creating topic {topic} on {} failed: {error}", brokers()));
+    for result in results {
+        result.unwrap_or_else(|(name, code)| panic!("creating topic {name} failed: {code}"));
+    }
+    topic
+}
+
+/// One record read back from Kafka.
+#[derive(Debug, Clone)]
+struct Record {
+    key: String,
+    id: i64,
+    seq: u32,
+    headers: HashMap<String, String>,
+}
+
+/// Reads the topic from the beginning with a consumer of its own until
+/// `distinct` different message ids arrived or `timeout` passed.
+async fn read_back(topic: &str, distinct: usize, timeout: Duration) -> Vec<Record> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", random_name("postoffice-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..PARTITIONS {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut records = Vec::new();
+    let mut ids = HashSet::new();
+    while ids.len() < distinct {
+        let Ok(received) = tokio::time::timeout_at(deadline, consumer.recv()).await else {
+            break;
+        };
+        let message = received.unwrap();
+        let mut headers = HashMap::new();
+        if let Some(list) = message.headers() {
+            for header in list.iter() {
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                headers.insert(header.key.to_owned(), value.unwrap_or_default());
+            }
+        }
+        let id = headers
+            .get(MESSAGE_ID_HEADER)
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(-1);
+        let payload: Payload = serde_json::from_slice(message.payload().unwrap_or_default())
+            .expect("payload is the JSON the outbox stored");
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        ids.insert(id);
+        records.push(Record {
+            key,
+            id,
+            seq: payload.seq,
+            headers,
+        });
+    }
+    records
+}
+
+/// Publishes `per_key` messages for each of `keys` keys, interleaved, in
+/// transactions of 500; returns the ids by (key, seq).
+async fn publish(
+    store: &InMemoryOutbox,
+    keys: usize,
+    per_key: u32,
+    seq_from: u32,
+) -> HashMap<(String, u32), MessageId> {
+    let outbox = Outbox::new(store.clone());
+    let all: Vec<(Headers, Payload)> = (seq_from..seq_from + per_key)
+        .flat_map(|seq| {
+            (0..keys).map(move |k| {
+                let headers = Headers {
+                    key: format!("key-{k:02}"),
+                    kind: "test".to_owned(),
+                };
+                (
+                    headers,
+                    Payload {
+                        seq,
+                        filler: String::new(),
+                    },
+                )
+            })
+        })
+        .collect();
+    let mut ids = HashMap::new();
+    for chunk in all.chunks(500) {
+        let mut tx = store.begin();
+        outbox
+            .publish_messages(chunk.iter().cloned(), &mut tx)
+            .await
+            .unwrap();
+        for ((headers, payload), id) in chunk.iter().zip(tx.commit()) {
+            ids.insert((headers.key.clone(), payload.seq), id);
+        }
+    }
+    ids
+}
+
+/// Checks that every published message arrived with its id, that the first
+/// arrival of each message is in publish order per key, and returns how many
+/// duplicates were read.
+fn check(records: &[Record], published: &HashMap<(String, u32), MessageId>) -> usize {
+    let mut seen = HashSet::new();
+    let mut last_per_key: HashMap<&str, u32> = HashMap::new();
+    for record in records {
+        let expected = published.get(&(record.key.clone(), record.seq));
+        let expected = expected.unwrap_or_else(|| panic!("unexpected record {record:?}"));
+        assert_eq!(record.id, expected.get(), "message-id header of {record:?}");
+        assert_eq!(
+            record.headers.get("key"),
+            Some(&record.key),
+            "user header copied"
+        );
+        assert_eq!(
+            record.headers.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+        if !seen.insert(record.id) {
+            continue;
+        }
+        if let Some(last) = last_per_key.insert(&record.key, record.seq) {
+            assert!(
+                record.seq > last,
+                "key {} went from seq {last} to {} (first arrivals out of order)",
+                record.key,
+                record.seq
+            );
+        }
+    }
+    let missing: Vec<_> = published
+        .iter()
+        .filter(|(_, id)| !seen.contains(&id.get()))
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} messages never arrived, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    records.len() - seen.len()
+}
+
+fn kafka(topic: &str) -> postoffice_kafka::KafkaBuilder {
+    Kafka::builder(brokers()).topic(topic).set("linger.ms", "5")
+}
+
+fn start(
+    store: &InMemoryOutbox,
+    kafka: &Kafka,
+    token: &CancellationToken,
+) -> JoinHandle<Result<(), postoffice_core::ProducerError>> {
+    let transport = Transport::new(
+        ServiceBuilder::new()
+            .layer(JsonLayer::new())
+            .service(kafka.clone()),
+    );
+    let producer = Producer::new(store.poller::<Headers, Payload>(), transport)
+        .batch_size(500)
+        .in_flight_per_partition(64)
+        .backoff(Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        ));
+    tokio::spawn(producer.run(token.clone()))
+}
+
+async fn wait_drained(store: &InMemoryOutbox, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while store.pending() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} messages still pending after {timeout:?}",
+            store.pending()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_arrive_in_key_order_with_ids() {
+    let topic = create_topic().await;
+    let store = InMemoryOutbox::default();
+    let published = publish(&store, 20, 500, 0).await;
+    assert_eq!(published.len(), 10_000);
+
+    let kafka = kafka(&topic).build().unwrap();
+    let token = CancellationToken::new();
+    let relay = start(&store, &kafka, &token);
+    wait_drained(&store, Duration::from_secs(120)).await;
+    token.cancel();
+    relay.await.unwrap().unwrap();
+    kafka.flush(Duration::from_secs(10)).await.unwrap();
+
+    let records = read_back(&topic, published.len(), Duration::from_secs(60)).await;
+    let duplicates = check(&records, &published);
+    eprintln!(
+        "10k test: {} records read, {duplicates} duplicates",
+        records.len()
+    );
+    assert!(store.dead_letters().is_empty());
+}
+
+/// The pid of the broker to freeze: the one in `TANSU_PID_FILE` when set, else
+/// the local process listening on the broker port (as `ss` reports it), else
+/// the one in the pid file `scripts/kafka.sh` writes.
+fn broker_pid() -> u32 {
+    if let Ok(file) = std::env::var("TANSU_PID_FILE") {
+        return read_pid(&file)
+            .unwrap_or_else(|| panic!("TANSU_PID_FILE={file} holds no live pid to freeze"));
+    }
+    let first = brokers().split(',').next().unwrap_or_default().to_owned();
+    let (host, port) = first.rsplit_once(':').unwrap_or((first.as_str(), "9092"));
+    assert!(
+        ["127.0.0.1", "localhost", "[::1]"].contains(&host),
+        "the freeze test stops the broker process, but KAFKA_BROKERS={} is not local; \
+         set TANSU_PID_FILE to a file holding the pid of a broker this machine can freeze",
+        brokers()
+    );
+    if let Some(pid) = listening_pid(port) {
+        return pid;
+    }
+    let cache = std::env::var("POSTOFFICE_CACHE").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_owned());
+        let base = std::env::var("XDG_CACHE_HOME").unwrap_or_else(|_| format!("{home}/.cache"));
+        format!("{base}/postoffice")
+    });
+    let file = format!("{cache}/tansu.pid");
+    read_pid(&file).unwrap_or_else(|| {
+        panic!(
+            "the freeze test needs the broker's pid: `ss` shows no process listening on port \
+             {port} and {file} holds no live pid (start the broker with scripts/kafka.sh or \
+             set TANSU_PID_FILE)"
+        )
+    })
+}
+
+fn read_pid(file: &str) -> Option<u32> {
+    let pid = std::fs::read_to_string(file).ok()?.trim().parse().ok()?;
+    alive(pid).then_some(pid)
+}
+
+fn listening_pid(port: &str) -> Option<u32> {
+    let filter = format!("sport = :{port}");
+    let out = std::process::Command::new("ss")
+        .args(["-ltnpH", &filter])
+        .output()
+        .ok()?;
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rest = listing.split("pid=").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "kill {signal} {pid} failed"
+    );
+}
+
+/// Resumes the broker even when the test fails while it is frozen.
+struct Thaw(u32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_broker_loses_nothing_and_keeps_key_order() {
+    let pid = broker_pid();
+    let topic = create_topic().await;
+    let store = InMemoryOutbox::default();
+    let kafka = kafka(&topic)
+        .message_timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let token = CancellationToken::new();
+    let relay = start(&store, &kafka, &token);
+
+    let mut published = publish(&store, 10, 100, 0).await;
+    wait_drained(&store, Duration::from_secs(60)).await;
+
+    // Freeze the broker for twice the message timeout while messages keep
+    // coming, so that sends time out mid-stream.
+    signal(pid, "-STOP");
+    let thaw = Thaw(pid);
+    published.extend(publish(&store, 10, 100, 100).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    published.extend(publish(&store, 10, 100, 200).await);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pending_while_frozen = store.pending();
+    drop(thaw);
+
+    published.extend(publish(&store, 10, 100, 300).await);
+    wait_drained(&store, Duration::from_secs(120)).await;
+    assert!(
+        !relay.is_finished(),
+        "the relay kept running through the freeze"
+    );
+    token.cancel();
+    relay.await.unwrap().unwrap();
+    kafka.flush(Duration::from_secs(10)).await.unwrap();
+
+    let records = read_back(&topic, published.len(), Duration::from_secs(60)).await;
+    let duplicates = check(&records, &published);
+    eprintln!(
+        "freeze test: {pending_while_frozen} pending at thaw, {} records read, {duplicates} duplicates",
+        records.len()
+    );
+    assert!(pending_while_frozen > 0, "the freeze held messages back");
+    let dead = store.dead_letters();
+    assert!(
+        dead.is_empty(),
+        "timeouts are retried, not set aside: {dead:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_message_is_set_aside_and_its_neighbours_flow() {
+    let topic = create_topic().await;
+    let store = InMemoryOutbox::default();
+    let outbox = Outbox::new(store.clone());
+    let mut published = HashMap::new();
+    let mut big_id = None;
+    let mut tx = store.begin();
+    let mut staged = Vec::new();
+    for seq in 0..30_u32 {
+        for k in 0..3 {
+            let headers = Headers {
+                key: format!("key-{k:02}"),
+                kind: "test".to_owned(),
+            };
+            let filler = if k == 1 && seq == 15 {
+                "x".repeat(50_000)
+            } else {
+                String::new()
+            };
+            staged.push((headers, Payload { seq, filler }));
+        }
+    }
+    outbox
+        .publish_messages(staged.iter().cloned(), &mut tx)
+        .await
+        .unwrap();
+    for ((headers, payload), id) in staged.iter().zip(tx.commit()) {
+        if payload.filler.is_empty() {
+            published.insert((headers.key.clone(), payload.seq), id);
+        } else {
+            big_id = Some(id);
+        }
+    }
+    let big_id = big_id.unwrap();
+
+    let kafka = kafka(&topic)
+        .set("message.max.bytes", "10000")
+        .build()
+        .unwrap();
+    let token = CancellationToken::new();
+    let relay = start(&store, &kafka, &token);
+    wait_drained(&store, Duration::from_secs(60)).await;
+    token.cancel();
+    relay.await.unwrap().unwrap();
+
+    let dead = store.dead_letters();
+    assert_eq!(dead.len(), 1, "one message set aside: {dead:?}");
+    assert_eq!(dead[0].id, big_id);
+    assert_eq!(dead[0].attempts, 0, "no retry for a permanent failure");
+    assert!(
+        dead[0].reason.contains("permanent"),
+        "reason: {}",
+        dead[0].reason
+    );
+    assert!(
+        dead[0].reason.contains("too large"),
+        "reason: {}",
+        dead[0].reason
+    );
+
+    let records = read_back(&topic, published.len(), Duration::from_secs(60)).await;
+    check(&records, &published);
+}
