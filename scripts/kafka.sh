@@ -61,16 +61,15 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
-# rdkafka builds its bundled librdkafka 2.12 with ./configure and make, and zlib
-# from source (feature libz-static); tansu's dependencies need a C and C++
-# compiler. No OpenSSL, SASL, curl or zstd headers are needed.
+# rdkafka builds its bundled librdkafka 2.12 with ./configure and make (its
+# configure requires a C++ compiler too) and zlib from source (feature
+# libz-static); tansu's dependencies need a C compiler. No OpenSSL, SASL, curl,
+# zstd or zlib headers and no cmake are needed.
 build_deps() {
   local missing=()
   command -v cc >/dev/null || missing+=(gcc)
   command -v c++ >/dev/null || missing+=(g++)
   command -v make >/dev/null || missing+=(make)
-  command -v perl >/dev/null || missing+=(perl)
-  command -v pkg-config >/dev/null || missing+=(pkg-config)
   if [ "${#missing[@]}" -gt 0 ]; then
     apt_install "${missing[@]}"
   fi

@@ -26,6 +26,35 @@
 //! # }
 //! ```
 //!
+//! # Delivery, order and failures
+//!
+//! A row leaves the outbox only after its delivery report said `Ok`. Records
+//! are queued in call order, so with the idempotent producer a
+//! [`Producer`](postoffice_core::Producer) may keep several sends of one
+//! outbox partition in flight
+//! ([`in_flight_per_partition`](postoffice_core::Producer::in_flight_per_partition)).
+//!
+//! librdkafka never expires a record here (`message.timeout.ms=0`); the
+//! service keeps the [message timeout](KafkaBuilder::message_timeout) itself.
+//! When a broker stalls, the sends fail as retryable at their deadline while
+//! librdkafka keeps the records and delivers them, in order, once the broker
+//! answers again; the relay's retries then arrive as duplicates with the same
+//! `message-id`, never as gaps. A message too large for `message.max.bytes`
+//! (or refused as too large by the broker) fails as permanent and goes to the
+//! dead letters while the other messages keep flowing.
+//!
+//! After a fatal librdkafka error (reported as `Fatal` in the delivery
+//! error), the producer instance cannot send again: every send then fails as
+//! retryable, and the service must be rebuilt with [`Kafka::builder`].
+//!
+//! # Shutdown
+//!
+//! [`Producer::run`](postoffice_core::Producer::run) waits for in-flight sends
+//! within its shutdown grace. Then call [`Kafka::flush`] on a clone you kept,
+//! with a deadline, before dropping the last clone: dropping a producer purges
+//! whatever it still holds (those rows stay in the outbox and are sent again
+//! on the next start).
+//!
 //! # Building
 //!
 //! `rdkafka` compiles its bundled librdkafka (2.12) with `./configure` and

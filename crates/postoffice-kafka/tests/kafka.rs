@@ -464,3 +464,66 @@ async fn an_oversized_message_is_set_aside_and_its_neighbours_flow() {
     let records = read_back(&topic, published.len(), Duration::from_secs(60)).await;
     check(&records, &published);
 }
+
+/// Both limits are local, so this talks to a broker address where nothing
+/// listens: nothing is ever confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_and_a_missing_report_are_retryable_errors() {
+    use postoffice_core::{EncodedMessage, Message, is_permanent};
+    use postoffice_kafka::ProduceError;
+    use tower::{Service, ServiceExt};
+
+    let mut kafka = Kafka::builder("127.0.0.1:1")
+        .topic("nowhere")
+        .set("queue.buffering.max.messages", "10")
+        .queue_timeout(Duration::from_millis(300))
+        .message_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let encode = |seq: u32| {
+        let headers = serde_json::json!({ "key": "a" });
+        let message = Message::new(
+            MessageId::new(i64::from(seq) + 1),
+            b"a".to_vec(),
+            0,
+            headers.clone(),
+            serde_json::json!({ "seq": seq }),
+            0,
+            chrono::Utc::now(),
+            None,
+        );
+        EncodedMessage::new(message.meta(), headers, "application/json", b"{}".to_vec())
+    };
+
+    // Nine tenths of librdkafka's queue limit fit; the next send waits for
+    // room and gives up after the queue timeout.
+    let mut sends = Vec::new();
+    for seq in 0..9 {
+        let ready = kafka.ready().await.unwrap();
+        sends.push(ready.call(encode(seq)));
+    }
+    let full = kafka.ready().await.map(|_| ()).unwrap_err();
+    assert!(!full.is_permanent(), "a full queue is retryable");
+    let source = std::error::Error::source(&full).unwrap();
+    assert!(
+        matches!(
+            source.downcast_ref::<ProduceError>(),
+            Some(ProduceError::QueueFull { .. })
+        ),
+        "{full:?}"
+    );
+
+    // Without a broker no report comes; each send fails at the deadline.
+    for send in sends {
+        let error = send.await.unwrap_err();
+        assert!(!is_permanent(&error), "a timeout is retryable");
+        let source = std::error::Error::source(&error).unwrap();
+        assert!(
+            matches!(
+                source.downcast_ref::<ProduceError>(),
+                Some(ProduceError::Timeout { .. })
+            ),
+            "{error:?}"
+        );
+    }
+}
