@@ -259,8 +259,10 @@ async fn ten_thousand_messages_arrive_in_key_order_with_ids() {
 
     let kafka = kafka(&topic).build().unwrap();
     let token = CancellationToken::new();
+    let started = std::time::Instant::now();
     let relay = start(&store, &kafka, &token);
     wait_drained(&store, Duration::from_secs(120)).await;
+    let relayed_in = started.elapsed();
     token.cancel();
     relay.await.unwrap().unwrap();
     kafka.flush(Duration::from_secs(10)).await.unwrap();
@@ -268,7 +270,7 @@ async fn ten_thousand_messages_arrive_in_key_order_with_ids() {
     let records = read_back(&topic, published.len(), Duration::from_secs(60)).await;
     let duplicates = check(&records, &published);
     eprintln!(
-        "10k test: {} records read, {duplicates} duplicates",
+        "10k test: relayed in {relayed_in:?}, {} records read, {duplicates} duplicates",
         records.len()
     );
     assert!(store.dead_letters().is_empty());
