@@ -276,6 +276,135 @@ async fn ten_thousand_messages_arrive_in_key_order_with_ids() {
     assert!(store.dead_letters().is_empty());
 }
 
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The acceptance run: 10k messages over 20 keys, published to Postgres in
+/// transactions of 500 and relayed by the Postgres poller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_from_postgres_arrive_in_key_order_with_ids() {
+    use postoffice_sqlx::{PgSqlxOutbox, PgSqlxOutboxPoller};
+    use sqlx::AssertSqlSafe;
+
+    let topic = create_topic().await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let schema = random_name("kafka").replace('-', "_");
+    let create = format!("create schema {schema}");
+    sqlx::raw_sql(AssertSqlSafe(create))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let outbox = Outbox::new(
+        PgSqlxOutbox::builder(pool.clone())
+            .schema(&schema)
+            .build()
+            .await
+            .unwrap(),
+    );
+
+    let keys = 20;
+    let per_key = 500_u32;
+    let all: Vec<(Headers, Payload)> = (0..per_key)
+        .flat_map(|seq| {
+            (0..keys).map(move |k| {
+                let headers = Headers {
+                    key: format!("key-{k:02}"),
+                    kind: "test".to_owned(),
+                };
+                (
+                    headers,
+                    Payload {
+                        seq,
+                        filler: String::new(),
+                    },
+                )
+            })
+        })
+        .collect();
+    for chunk in all.chunks(500) {
+        let mut tx = pool.begin().await.unwrap();
+        outbox
+            .publish_messages(chunk.iter().cloned(), &mut tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    let poller = PgSqlxOutboxPoller::<Headers, Payload>::builder(pool.clone())
+        .schema(&schema)
+        .build()
+        .await
+        .unwrap();
+    let kafka = kafka(&topic).build().unwrap();
+    let transport = Transport::new(
+        ServiceBuilder::new()
+            .layer(JsonLayer::new())
+            .service(kafka.clone()),
+    );
+    let producer = Producer::new(poller, transport)
+        .batch_size(500)
+        .in_flight_per_partition(64);
+    let token = CancellationToken::new();
+    let started = std::time::Instant::now();
+    let relay = tokio::spawn(producer.run(token.clone()));
+
+    let records = read_back(&topic, all.len(), Duration::from_secs(180)).await;
+    let relayed_in = started.elapsed();
+    token.cancel();
+    relay.await.unwrap().unwrap();
+    kafka.flush(Duration::from_secs(10)).await.unwrap();
+
+    // Ids are assigned in publish order, so per key they grow with seq; the
+    // first arrivals of a key are seq 0, 1, 2, ... without a gap.
+    let mut ids: HashMap<(String, u32), i64> = HashMap::new();
+    let mut last: HashMap<String, (u32, i64)> = HashMap::new();
+    for record in &records {
+        assert!(
+            record.id > 0,
+            "message-id header missing or not a number: {record:?}"
+        );
+        assert_eq!(record.headers.get("key"), Some(&record.key));
+        if let Some(first) = ids.get(&(record.key.clone(), record.seq)) {
+            assert_eq!(*first, record.id, "a duplicate keeps its id: {record:?}");
+            continue;
+        }
+        ids.insert((record.key.clone(), record.seq), record.id);
+        let expected = last.get(&record.key).map_or(0, |(seq, _)| seq + 1);
+        assert_eq!(
+            record.seq, expected,
+            "first arrivals of {} in order",
+            record.key
+        );
+        if let Some((_, id)) = last.insert(record.key.clone(), (record.seq, record.id)) {
+            assert!(record.id > id, "ids grow with publish order: {record:?}");
+        }
+    }
+    assert_eq!(ids.len(), all.len(), "every published message arrived");
+    let pending: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "select count(*) from {schema}.postoffice_outbox"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    eprintln!(
+        "postgres 10k test: relayed in {relayed_in:?}, {} records read, {} duplicates, {pending} rows left",
+        records.len(),
+        records.len() - ids.len()
+    );
+    assert_eq!(pending, 0, "every delivered row was removed");
+    let drop = format!("drop schema {schema} cascade");
+    sqlx::raw_sql(AssertSqlSafe(drop))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
 /// The pid of the broker to freeze: the one in `TANSU_PID_FILE` when set, else
 /// the local process listening on the broker port (as `ss` reports it), else
 /// the one in the pid file `scripts/kafka.sh` writes.
