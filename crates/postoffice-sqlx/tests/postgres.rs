@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
-use postoffice_core::poller::Fetch;
+use postoffice_core::poller::{DeadLetter, Fail, Fetch};
 use postoffice_core::{Outbox, PublishError, partition_for};
 use postoffice_sqlx::{DeletionMode, Error, PgSqlxOutbox, PgSqlxOutboxPoller};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -89,8 +89,12 @@ async fn ten_thousand_messages_are_written_by_one_statement() {
     .await;
 
     let mut tx = db.pool.begin().await.unwrap();
-    let batch = (0..10_000).map(|seq| message(&format!("key-{}", seq % 37), seq));
+    let batch: Vec<_> = (0..10_000)
+        .map(|seq| message(&format!("key-{}", seq % 37), seq))
+        .collect();
+    let started = std::time::Instant::now();
     outbox.publish_messages(batch, &mut tx).await.unwrap();
+    println!("publishing 10,000 messages took {:?}", started.elapsed());
     tx.commit().await.unwrap();
 
     let statements = db
@@ -333,7 +337,7 @@ async fn logical_mode_poll_cost_does_not_grow_with_history() {
     // The history may add index levels (a few pages per partition), nothing
     // that grows with the number of rows.
     assert!(
-        history_blocks <= empty_blocks + 16 * 5,
+        history_blocks <= empty_blocks + 16 * 8,
         "poll touched {history_blocks} buffers with history, {empty_blocks} without"
     );
     db.close().await;
@@ -645,5 +649,53 @@ async fn custom_names_and_bad_options() {
             partitions: 8
         })
     ));
+    db.close().await;
+}
+
+#[tokio::test]
+async fn failures_are_counted_and_dead_letters_keep_their_reason() {
+    let db = TestDb::new().await;
+    let outbox = Outbox::new(db.outbox().await);
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox
+        .publish_messages([message("f", 1), message("f", 2)], &mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let poller = db.poller().build().await.unwrap();
+    let fetch = |poller| ServiceExt::<Fetch>::oneshot(poller, Fetch::new(vec![], 10));
+
+    let first = fetch(poller.clone()).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let next_try = chrono::Utc::now() + chrono::Duration::seconds(30);
+    let fail = Fail::new(first[0].id, "broker away".into(), next_try);
+    ServiceExt::<Fail>::oneshot(poller.clone(), fail)
+        .await
+        .unwrap();
+    let again = fetch(poller.clone()).await.unwrap();
+    assert_eq!(
+        again[0].id, first[0].id,
+        "a failed message stays at the head"
+    );
+    assert_eq!(again[0].attempts, 1);
+    let kept = again[0].next_attempt_at.unwrap();
+    assert!(
+        (kept - next_try).num_milliseconds().abs() < 1,
+        "next try kept: {kept}"
+    );
+    let error = db
+        .scalar("select count(*) from {t} where last_error = 'broker away'")
+        .await;
+    assert_eq!(error, 1);
+
+    let dead = DeadLetter::new(first[0].id, "refused for good".into());
+    ServiceExt::<DeadLetter>::oneshot(poller.clone(), dead)
+        .await
+        .unwrap();
+    let rest = fetch(poller.clone()).await.unwrap();
+    assert_eq!(rest.iter().map(|m| m.headers.seq).collect::<Vec<_>>(), [2]);
+    let reason =
+        db.scalar("select count(*) from {d} where reason = 'refused for good' and attempts = 1");
+    assert_eq!(reason.await, 1);
     db.close().await;
 }
