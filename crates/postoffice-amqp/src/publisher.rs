@@ -82,6 +82,9 @@ async fn open_channel(connection: &Connection) -> Result<Channel, lapin::Error> 
     Ok(channel)
 }
 
+/// How long a failed channel's pending confirms may take to report its error.
+const CONFIRM_DRAIN: Duration = Duration::from_millis(100);
+
 type Confirmed = (
     u64,
     Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>,
@@ -132,7 +135,7 @@ impl Publisher {
                 .as_mut()
                 .filter(|l| healthy && l.channel.status().connected());
             let Some(current) = usable else {
-                self.fail_waiting();
+                self.fail_waiting().await;
                 match self.reconnect(link.take(), &stop).await {
                     Some(fresh) => {
                         link = Some(fresh);
@@ -166,7 +169,7 @@ impl Publisher {
             };
         }
 
-        self.fail_waiting();
+        self.fail_waiting().await;
         if let Some(link) = link {
             let closing = link
                 .connection
@@ -279,7 +282,15 @@ impl Publisher {
     }
 
     /// Fails every published message still waiting for its confirm.
-    fn fail_waiting(&mut self) {
+    async fn fail_waiting(&mut self) {
+        // The confirms of a failed channel resolve with its error right after
+        // the channel's status changes: give them a moment, to keep the cause.
+        let drain = async {
+            while let Some((seq, outcome)) = self.confirms.next().await {
+                self.settle(seq, outcome);
+            }
+        };
+        let _ = tokio::time::timeout(CONFIRM_DRAIN, drain).await;
         self.confirms.clear();
         let mut waiting: Vec<(u64, Waiter)> = self.waiting.drain().collect();
         waiting.sort_unstable_by_key(|(seq, _)| *seq);

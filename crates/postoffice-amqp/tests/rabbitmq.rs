@@ -354,3 +354,60 @@ async fn a_confirm_that_never_comes_in_time_is_a_retryable_timeout() {
         .expect("crate error");
     assert!(matches!(cause, Error::ConfirmTimeout { .. }), "{cause:?}");
 }
+
+#[tokio::test]
+async fn a_later_message_of_a_failed_key_is_held_back_until_the_failure_is_seen() {
+    init_tracing();
+    let broker = Broker::connect().await;
+    let topology = broker.topology("held-back", "events").await;
+    let mut rabbit = RabbitMq::builder(amqp_url())
+        .exchange(topology.exchange.clone())
+        .routing_key("events")
+        .max_message_size(1024)
+        .connect()
+        .await
+        .unwrap();
+
+    // Message 1 fails at once; message 2 of the same key is called before
+    // the caller looked at that failure, message 3 of another key too.
+    let first = rabbit
+        .ready()
+        .await
+        .unwrap()
+        .call(encoded(1, "a", None, &[b' '; 2048]));
+    let second = rabbit
+        .ready()
+        .await
+        .unwrap()
+        .call(encoded(2, "a", None, b"{}"));
+    let other = rabbit
+        .ready()
+        .await
+        .unwrap()
+        .call(encoded(3, "b", None, b"{}"));
+    let error = second.await.unwrap_err();
+    let cause = error
+        .source()
+        .and_then(|e| e.downcast_ref::<Error>())
+        .expect("crate error");
+    assert!(matches!(cause, Error::HeldBack { .. }), "{cause:?}");
+    other.await.unwrap();
+    assert!(first.await.unwrap_err().is_permanent());
+
+    // Once the failure was seen, the key flows again.
+    rabbit
+        .ready()
+        .await
+        .unwrap()
+        .call(encoded(2, "a", None, b"{}"))
+        .await
+        .unwrap();
+    let got = broker
+        .read(&topology.queue, 2, Duration::from_secs(5))
+        .await;
+    let ids: Vec<_> = got.iter().map(support::Received::id).collect();
+    assert_eq!(ids, [3, 2]);
+
+    broker.delete(&topology).await;
+    broker.close().await;
+}

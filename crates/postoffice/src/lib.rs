@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | `postgres` | yes | [`outbox::sqlx::PgSqlxOutbox`] and its poller |
 //! | `sqlite` | no | the SQLite store, the embedded default |
-//! | `amqp` | no | `transport::RabbitMq` on lapin |
+//! | `amqp` | no | `transport::RabbitMq` on lapin (more in `transport::amqp`) |
 //! | `kafka` | no | `transport::Kafka` on rdkafka |
 //! | `cloudevents` | no | `JsonCloudEventsLayer` |
 //!
@@ -94,6 +94,14 @@ pub mod outbox {
 /// Transports: the in-memory one and, behind features, RabbitMQ and Kafka.
 pub mod transport {
     pub use postoffice_core::transport::*;
+
+    /// The RabbitMQ transport and its builder, errors and routing.
+    #[cfg(feature = "amqp")]
+    pub mod amqp {
+        pub use postoffice_amqp::*;
+    }
+    #[cfg(feature = "amqp")]
+    pub use postoffice_amqp::RabbitMq;
 }
 
 /// Encoding layers that turn messages into broker payloads.
