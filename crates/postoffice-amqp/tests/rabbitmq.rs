@@ -6,7 +6,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::error::Error as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,8 +50,20 @@ fn encoded(id: i64, key: &str, routing_key: Option<&str>, body: &[u8]) -> Encode
     EncodedMessage::new(message.meta(), headers, "application/json", body.to_vec())
 }
 
-#[tokio::test]
-async fn relays_ten_thousand_messages_in_key_order() {
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// The acceptance run: 10k messages over 20 keys, published to Postgres (a
+/// schema of its own) in transactions of 250, relayed with 32 sends in
+/// flight per partition, read back with amqprs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_ten_thousand_messages_from_postgres_in_key_order() {
+    use postoffice_core::Outbox;
+    use postoffice_sqlx::{PgSqlxOutbox, PgSqlxOutboxPoller};
+    use sqlx::AssertSqlSafe;
+
     init_tracing();
     let broker = Broker::connect().await;
     let topology = broker.topology("relay", "events").await;
@@ -62,11 +74,53 @@ async fn relays_ten_thousand_messages_in_key_order() {
         .await
         .unwrap();
 
-    let store = InMemoryOutbox::default();
-    let ids = publish(&store, support::messages(20, 500), 250).await;
-    assert_eq!(ids.len(), 10_000);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let schema = support::unique("amqp").replace('-', "_");
+    sqlx::raw_sql(AssertSqlSafe(format!("create schema {schema}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let store = PgSqlxOutbox::builder(pool.clone())
+        .schema(&schema)
+        .build()
+        .await
+        .unwrap();
+    let outbox = Outbox::new(store);
+    for chunk in support::messages(20, 500).chunks(250) {
+        let mut tx = pool.begin().await.unwrap();
+        outbox
+            .publish_messages(chunk.iter().cloned(), &mut tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    // The outbox id of every (key, seq), to compare with message_id.
+    let rows: Vec<(i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        "select id, payload::text from {schema}.postoffice_outbox"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 10_000);
+    let ids: HashMap<(String, u32), i64> = rows
+        .into_iter()
+        .map(|(id, payload)| {
+            let payload: Payload = serde_json::from_str(&payload).unwrap();
+            ((payload.key, payload.seq), id)
+        })
+        .collect();
+
+    let poller = PgSqlxOutboxPoller::<Headers, Payload>::builder(pool.clone())
+        .schema(&schema)
+        .build()
+        .await
+        .unwrap();
     let producer = Producer::new(
-        store.poller::<Headers, Payload>(),
+        poller,
         Transport::new(
             ServiceBuilder::new()
                 .layer(JsonLayer::new())
@@ -76,32 +130,43 @@ async fn relays_ten_thousand_messages_in_key_order() {
     .batch_size(500)
     .in_flight_per_partition(32);
     let token = CancellationToken::new();
+    let started = std::time::Instant::now();
     let relay = tokio::spawn(producer.run(token.clone()));
 
     let received = broker
         .read(&topology.queue, 10_000, Duration::from_secs(30))
         .await;
-    assert!(wait_until(Duration::from_secs(10), || store.pending() == 0).await);
+    let relayed_in = started.elapsed();
+    let count = format!("select count(*) from {schema}.postoffice_outbox");
+    let mut left = -1_i64;
+    for _ in 0..200 {
+        left = sqlx::query_scalar(AssertSqlSafe(count.clone()))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     token.cancel();
     relay.await.unwrap().unwrap();
+    eprintln!("postgres to rabbitmq: 10000 messages read back after {relayed_in:?}");
 
+    assert_eq!(left, 0, "every confirmed row was removed");
     assert_eq!(received.len(), 10_000, "every message arrives");
     assert_eq!(support::check_order(&received), 0, "no duplicates");
     let extra = broker
         .read(&topology.queue, 1, Duration::from_millis(500))
         .await;
     assert!(extra.is_empty(), "nothing arrives twice");
-
-    // message_id is the outbox id of the message with that key and sequence.
-    let published = support::messages(20, 500);
     for message in &received {
         let payload = message.payload();
-        let index = ids
-            .iter()
-            .position(|id| id.get() == message.id())
-            .expect("known id");
-        let (headers, original) = &published[index];
-        assert_eq!((&headers.key, original.seq), (&payload.key, payload.seq));
+        assert_eq!(
+            ids[&(payload.key, payload.seq)],
+            message.id(),
+            "message_id is the outbox id"
+        );
     }
     let first = &received[0];
     assert_eq!(first.content_type.as_deref(), Some("application/json"));
@@ -110,6 +175,10 @@ async fn relays_ten_thousand_messages_in_key_order() {
     assert_eq!(first.headers.get("key"), Some(&first.payload().key));
     assert_eq!(first.routing_key, "events");
 
+    sqlx::raw_sql(AssertSqlSafe(format!("drop schema {schema} cascade")))
+        .execute(&pool)
+        .await
+        .unwrap();
     broker.delete(&topology).await;
     broker.close().await;
 }
