@@ -61,9 +61,16 @@ async fn main() -> anyhow::Result<()> {
         Err(_) => sqlite::run().await?,
     };
     if relayed.len() != ORDERS.len() {
-        bail!("expected {} events, the transport received {}", ORDERS.len(), relayed.len());
+        bail!(
+            "expected {} events, the transport received {}",
+            ORDERS.len(),
+            relayed.len()
+        );
     }
-    println!("ok: {} events committed and relayed, the rolled-back one never left", relayed.len());
+    println!(
+        "ok: {} events committed and relayed, the rolled-back one never left",
+        relayed.len()
+    );
     Ok(())
 }
 
@@ -74,7 +81,9 @@ where
 {
     let received: InMemory<EncodedMessage> = InMemory::default();
     let transport = Transport::new(
-        ServiceBuilder::new().layer(JsonLayer::new()).service(transports::tap(received.clone()).await?),
+        ServiceBuilder::new()
+            .layer(JsonLayer::new())
+            .service(transports::tap(received.clone()).await?),
     );
     let token = CancellationToken::new();
     let producer = Producer::new(poller, transport).shutdown_grace(Duration::from_secs(5));
@@ -92,7 +101,14 @@ where
         println!(
             "received #{} key={} headers={} body={}",
             message.meta.id,
-            i64::from_be_bytes(message.meta.partition_key.clone().try_into().unwrap_or_default()),
+            i64::from_be_bytes(
+                message
+                    .meta
+                    .partition_key
+                    .clone()
+                    .try_into()
+                    .unwrap_or_default()
+            ),
             message.headers,
             String::from_utf8_lossy(&message.body),
         );
@@ -101,7 +117,9 @@ where
 }
 
 fn events() -> impl Iterator<Item = (String, i64)> {
-    ORDERS.iter().map(|(customer, total)| ((*customer).to_owned(), *total))
+    ORDERS
+        .iter()
+        .map(|(customer, total)| ((*customer).to_owned(), *total))
 }
 
 mod postgres {
@@ -124,7 +142,9 @@ mod postgres {
         .await?;
         let outbox = Outbox::new(PgSqlxOutbox::try_new(pool.clone()).await?);
         // Leftovers of an earlier run would be relayed too; start clean.
-        sqlx::query("delete from postoffice_outbox").execute(&pool).await?;
+        sqlx::query("delete from postoffice_outbox")
+            .execute(&pool)
+            .await?;
 
         let mut tx = pool.begin().await?;
         let mut batch = Vec::new();
@@ -136,21 +156,38 @@ mod postgres {
             .bind(total_cents)
             .fetch_one(&mut *tx)
             .await?;
-            let headers = OrderEvent { order_id, kind: "order_created".into() };
-            batch.push((headers, OrderPayload { customer, total_cents }));
+            let headers = OrderEvent {
+                order_id,
+                kind: "order_created".into(),
+            };
+            batch.push((
+                headers,
+                OrderPayload {
+                    customer,
+                    total_cents,
+                },
+            ));
         }
         outbox.publish_messages(batch, &mut tx).await?;
         tx.commit().await?;
 
         let mut tx = pool.begin().await?;
-        let headers = OrderEvent { order_id: -1, kind: "order_created".into() };
-        let payload = OrderPayload { customer: "rolled back".into(), total_cents: 0 };
+        let headers = OrderEvent {
+            order_id: -1,
+            kind: "order_created".into(),
+        };
+        let payload = OrderPayload {
+            customer: "rolled back".into(),
+            total_cents: 0,
+        };
         outbox.publish(headers, payload, &mut tx).await?;
         tx.rollback().await?;
 
-        let poller =
-            PgSqlxOutboxPoller::<OrderEvent, OrderPayload>::try_new(pool, Duration::from_millis(200))
-                .await?;
+        let poller = PgSqlxOutboxPoller::<OrderEvent, OrderPayload>::try_new(
+            pool,
+            Duration::from_millis(200),
+        )
+        .await?;
         relay(poller, ORDERS.len()).await
     }
 }
@@ -168,15 +205,30 @@ mod sqlite {
 
         let mut tx = store.begin();
         let batch = events().enumerate().map(|(n, (customer, total_cents))| {
-            let headers = OrderEvent { order_id: n as i64 + 1, kind: "order_created".into() };
-            (headers, OrderPayload { customer, total_cents })
+            let headers = OrderEvent {
+                order_id: n as i64 + 1,
+                kind: "order_created".into(),
+            };
+            (
+                headers,
+                OrderPayload {
+                    customer,
+                    total_cents,
+                },
+            )
         });
         outbox.publish_messages(batch, &mut tx).await?;
         tx.commit();
 
         let mut tx = store.begin();
-        let headers = OrderEvent { order_id: -1, kind: "order_created".into() };
-        let payload = OrderPayload { customer: "rolled back".into(), total_cents: 0 };
+        let headers = OrderEvent {
+            order_id: -1,
+            kind: "order_created".into(),
+        };
+        let payload = OrderPayload {
+            customer: "rolled back".into(),
+            total_cents: 0,
+        };
         outbox.publish(headers, payload, &mut tx).await?;
         tx.rollback();
 
@@ -195,7 +247,9 @@ mod transports {
         received: InMemory<EncodedMessage>,
     ) -> anyhow::Result<BoxCloneSyncService<EncodedMessage, (), BoxError>> {
         println!("transport: in memory");
-        Ok(BoxCloneSyncService::new(tower::util::MapErrLayer::new(BoxError::from).layer(received)))
+        Ok(BoxCloneSyncService::new(
+            tower::util::MapErrLayer::new(BoxError::from).layer(received),
+        ))
     }
 
     use tower::Layer;

@@ -66,10 +66,10 @@
 //! ```
 
 pub use postoffice_core::{
-    BoxError, CancellationToken, DEFAULT_PARTITIONS, DecodeError, EncodedMessage, Json,
-    JsonLayer, Message, MessageId, MessageMeta, NewMessage, Outbox, PartitionKey, Poller,
-    Producer, ProducerError, Publish, PublishError, SendError, SendErrorKind, Sender, Transport,
-    error_chain, is_permanent, partition_for,
+    BoxError, CancellationToken, DEFAULT_PARTITIONS, DecodeError, EncodedMessage, Json, JsonLayer,
+    Message, MessageId, MessageMeta, NewMessage, Outbox, PartitionKey, Poller, Producer,
+    ProducerError, Publish, PublishError, SendError, SendErrorKind, Sender, Transport, error_chain,
+    is_permanent, partition_for,
 };
 pub use postoffice_core::{poller, retry};
 

@@ -248,6 +248,7 @@ where
                 };
                 match fetched {
                     Ok(messages) => {
+                        tracing::trace!(count = messages.len(), busy = busy.len(), "fetched");
                         poller_failures = 0;
                         for (partition, batch) in by_partition(messages) {
                             if let Some(due) = not_due(&batch) {
@@ -295,6 +296,11 @@ where
                 () = token.cancelled() => break,
                 Some(outcome) = jobs.next(), if !jobs.is_empty() => {
                     settle(outcome, &mut busy, &mut blocked);
+                    // Partitions whose removal shared one store call finish
+                    // together: serve them with one fetch, not one each.
+                    while let Some(Some(outcome)) = jobs.next().now_or_never() {
+                        settle(outcome, &mut busy, &mut blocked);
+                    }
                 }
                 woke = wait => {
                     if let Err(error) = woke {

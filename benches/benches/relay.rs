@@ -1,0 +1,534 @@
+//! Publish cost, relay throughput and commit-to-send latency of Postoffice on
+//! Postgres, each beside a hand-written SQL baseline measured in the same run.
+//!
+//! ```text
+//! cargo bench -p postoffice-benches --bench relay                 # everything
+//! cargo bench -p postoffice-benches --bench relay -- publish drain # some groups
+//! cargo bench -p postoffice-benches --features amqp,kafka --bench relay -- brokers
+//! ```
+//!
+//! Groups: `publish`, `drain`, `latency`, `partitions`, `modes`, `backlog`,
+//! `brokers`. Each scenario runs in its own schema, dropped afterwards.
+//! Results print as a table; see BENCHMARKS.md for recorded figures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use postoffice::outbox::sqlx::{DeletionMode, PgSqlxOutbox, PgSqlxOutboxPoller};
+use postoffice::transport::InMemory;
+use postoffice::{
+    CancellationToken, Message, Outbox, PartitionKey, Producer, Transport, partition_for,
+};
+use serde::{Deserialize, Serialize};
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Headers {
+    key: u32,
+    kind: String,
+}
+
+impl PartitionKey for Headers {
+    fn partition_key(&self) -> Vec<u8> {
+        self.key.to_be_bytes().to_vec()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Payload {
+    seq: u64,
+    customer: String,
+    total_cents: i64,
+}
+
+type Msg = Message<Headers, Payload>;
+
+const KEYS: u32 = 64;
+const PARTITIONS: u32 = 16;
+const BASELINE_BATCH: i64 = 1000;
+
+fn message(seq: u64) -> (Headers, Payload) {
+    let headers = Headers {
+        key: (seq % u64::from(KEYS)) as u32,
+        kind: "order_created".into(),
+    };
+    let payload = Payload {
+        seq,
+        customer: format!("customer-{seq:08}"),
+        total_cents: 1250,
+    };
+    (headers, payload)
+}
+
+fn main() -> anyhow::Result<()> {
+    let groups: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |group: &str| groups.is_empty() || groups.iter().any(|g| g == group);
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let pool = PgPoolOptions::new()
+            .max_connections(24)
+            .connect(&url)
+            .await?;
+        println!("postgres: {url}");
+        if wants("publish") {
+            publish(&pool).await?;
+        }
+        if wants("drain") {
+            drain(&pool).await?;
+        }
+        if wants("latency") {
+            latency(&pool).await?;
+        }
+        if wants("partitions") {
+            partitions(&pool).await?;
+        }
+        if wants("modes") {
+            modes(&pool).await?;
+        }
+        if wants("backlog") {
+            backlog(&pool).await?;
+        }
+        if wants("brokers") {
+            brokers::run(&pool).await?;
+        }
+        Ok(())
+    })
+}
+
+/// A fresh schema holding an outbox; dropped by `drop_schema`.
+struct Scenario {
+    pool: PgPool,
+    schema: String,
+    outbox: Outbox<PgSqlxOutbox>,
+}
+
+impl Scenario {
+    async fn new(pool: &PgPool, partitions: u32, notify: bool) -> anyhow::Result<Self> {
+        let schema = format!("bench_{:08x}", rand::random::<u32>());
+        sqlx::query(AssertSqlSafe(format!("create schema {schema}")))
+            .execute(pool)
+            .await?;
+        let store = PgSqlxOutbox::builder(pool.clone())
+            .schema(&schema)
+            .partitions(partitions)
+            .notify(notify)
+            .build()
+            .await?;
+        Ok(Self {
+            pool: pool.clone(),
+            schema,
+            outbox: Outbox::new(store),
+        })
+    }
+
+    fn table(&self) -> String {
+        format!("{}.postoffice_outbox", self.schema)
+    }
+
+    async fn poller(
+        &self,
+        partitions: u32,
+        notify: bool,
+        deletion: DeletionMode,
+        poll_interval: Duration,
+    ) -> anyhow::Result<PgSqlxOutboxPoller<Headers, Payload>> {
+        Ok(PgSqlxOutboxPoller::builder(self.pool.clone())
+            .schema(&self.schema)
+            .partitions(partitions)
+            .notify(notify)
+            .deletion(deletion)
+            .poll_interval(poll_interval)
+            .build()
+            .await?)
+    }
+
+    async fn pending(&self) -> anyhow::Result<i64> {
+        let sql = format!(
+            "select count(*) from {} where delivered_at is null",
+            self.table()
+        );
+        Ok(sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Publishes through the library: `per_tx` messages per transaction.
+    async fn publish_lib(&self, first: u64, count: u64, per_tx: u64) -> anyhow::Result<()> {
+        let mut seq = first;
+        while seq < first + count {
+            let end = (seq + per_tx).min(first + count);
+            let mut tx = self.pool.begin().await?;
+            self.outbox
+                .publish_messages((seq..end).map(message), &mut tx)
+                .await?;
+            tx.commit().await?;
+            seq = end;
+        }
+        Ok(())
+    }
+
+    /// The baseline: the same rows by one hand-written multi-row statement
+    /// per transaction, serializing and hashing the same way.
+    async fn publish_raw(&self, first: u64, count: u64, per_tx: u64) -> anyhow::Result<()> {
+        let sql = format!(
+            "insert into {} (partition, partition_key, headers, payload) \
+             select * from unnest($1::int[], $2::bytea[], $3::text[]::jsonb[], $4::text[]::jsonb[])",
+            self.table()
+        );
+        let mut seq = first;
+        while seq < first + count {
+            let end = (seq + per_tx).min(first + count);
+            let size = (end - seq) as usize;
+            let (mut parts, mut keys, mut heads, mut bodies) = (
+                Vec::with_capacity(size),
+                Vec::with_capacity(size),
+                Vec::with_capacity(size),
+                Vec::with_capacity(size),
+            );
+            for (headers, payload) in (seq..end).map(message) {
+                let key = headers.partition_key();
+                parts.push(partition_for(&key, PARTITIONS) as i32);
+                keys.push(key);
+                heads.push(serde_json::to_string(&headers)?);
+                bodies.push(serde_json::to_string(&payload)?);
+            }
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(parts)
+                .bind(keys)
+                .bind(heads)
+                .bind(bodies)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            seq = end;
+        }
+        Ok(())
+    }
+
+    async fn truncate(&self) -> anyhow::Result<()> {
+        sqlx::query(AssertSqlSafe(format!("truncate {}", self.table())))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn drop_schema(self) -> anyhow::Result<()> {
+        sqlx::query(AssertSqlSafe(format!(
+            "drop schema {} cascade",
+            self.schema
+        )))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn rate(count: u64, took: Duration) -> f64 {
+    count as f64 / took.as_secs_f64()
+}
+
+async fn publish(pool: &PgPool) -> anyhow::Result<()> {
+    println!("\n## publish (msgs/s, median of 5 alternating rounds)");
+    println!(
+        "| msgs/tx | raw SQL | postoffice, notify off | ratio | postoffice, notify on | ratio |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (per_tx, count) in [(1_u64, 2_000_u64), (100, 20_000), (10_000, 50_000)] {
+        let quiet = Scenario::new(pool, PARTITIONS, false).await?;
+        let loud = Scenario::new(pool, PARTITIONS, true).await?;
+        let (mut raw, mut lib, mut lib_notify) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..5 {
+            let started = Instant::now();
+            quiet.publish_raw(0, count, per_tx).await?;
+            raw.push(rate(count, started.elapsed()));
+            quiet.truncate().await?;
+
+            let started = Instant::now();
+            quiet.publish_lib(0, count, per_tx).await?;
+            lib.push(rate(count, started.elapsed()));
+            quiet.truncate().await?;
+
+            let started = Instant::now();
+            loud.publish_lib(0, count, per_tx).await?;
+            lib_notify.push(rate(count, started.elapsed()));
+            loud.truncate().await?;
+        }
+        let (raw, lib, lib_notify) = (median(raw), median(lib), median(lib_notify));
+        println!(
+            "| {per_tx} | {raw:.0} | {lib:.0} | {:.2} | {lib_notify:.0} | {:.2} |",
+            lib / raw,
+            lib_notify / raw
+        );
+        quiet.drop_schema().await?;
+        loud.drop_schema().await?;
+    }
+    Ok(())
+}
+
+/// Relays a backlog of `count` messages to the in-memory transport and
+/// returns msgs/s until the last row is gone.
+async fn drain_lib(
+    scenario: &Scenario,
+    count: u64,
+    partitions: u32,
+    deletion: DeletionMode,
+    batch_size: usize,
+) -> anyhow::Result<f64> {
+    let poller = scenario
+        .poller(partitions, false, deletion, Duration::from_millis(50))
+        .await?;
+    let received: InMemory<Msg> = InMemory::default();
+    let producer = Producer::new(poller, Transport::new(received.clone())).batch_size(batch_size);
+    let token = CancellationToken::new();
+    let started = Instant::now();
+    let relay = tokio::spawn(producer.run(token.clone()));
+    received
+        .wait_for(count as usize, Duration::from_secs(600))
+        .await?;
+    while scenario.pending().await? > 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = started.elapsed();
+    token.cancel();
+    relay.await??;
+    Ok(rate(count, took))
+}
+
+/// The ceiling: a hand-written `DELETE … RETURNING` loop with a fixed batch,
+/// decoding each row into the same types.
+async fn drain_raw(scenario: &Scenario, count: u64) -> anyhow::Result<f64> {
+    let sql = format!(
+        "delete from {t} where id = any(array(select id from {t} where delivered_at is null \
+         order by id limit $1)) returning id, partition_key, headers::text, payload::text",
+        t = scenario.table()
+    );
+    let started = Instant::now();
+    let mut drained = 0_u64;
+    loop {
+        let rows: Vec<(i64, Vec<u8>, String, String)> = sqlx::query_as(AssertSqlSafe(sql.as_str()))
+            .bind(BASELINE_BATCH)
+            .fetch_all(&scenario.pool)
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        for (_, _, headers, payload) in &rows {
+            let _: Headers = serde_json::from_str(headers)?;
+            let _: Payload = serde_json::from_str(payload)?;
+        }
+        drained += rows.len() as u64;
+    }
+    anyhow::ensure!(drained == count, "raw drain saw {drained} of {count}");
+    Ok(rate(count, started.elapsed()))
+}
+
+async fn fill(scenario: &Scenario, count: u64) -> anyhow::Result<()> {
+    scenario.publish_raw(0, count, 10_000).await?;
+    sqlx::query(AssertSqlSafe(format!("analyze {}", scenario.table())))
+        .execute(&scenario.pool)
+        .await?;
+    Ok(())
+}
+
+async fn drain(pool: &PgPool) -> anyhow::Result<()> {
+    let count = 100_000;
+    println!("\n## drain of a {count} backlog to the in-memory transport (msgs/s, median of 3)");
+    println!(
+        "| raw DELETE … RETURNING loop, {BASELINE_BATCH}/stmt | postoffice, 16 partitions x 64/fetch | ratio |"
+    );
+    println!("|---:|---:|---:|");
+    let scenario = Scenario::new(pool, PARTITIONS, false).await?;
+    let (mut raw, mut lib) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        fill(&scenario, count).await?;
+        raw.push(drain_raw(&scenario, count).await?);
+        fill(&scenario, count).await?;
+        lib.push(drain_lib(&scenario, count, PARTITIONS, DeletionMode::Physical, 64).await?);
+    }
+    let (raw, lib) = (median(raw), median(lib));
+    println!("| {raw:.0} | {lib:.0} | {:.2} |", lib / raw);
+    scenario.drop_schema().await
+}
+
+async fn partitions(pool: &PgPool) -> anyhow::Result<()> {
+    let count = 100_000;
+    println!("\n## drain of {count} by partition count (msgs/s; ~1024 rows per fetch)");
+    println!("| partitions | postoffice |");
+    println!("|---:|---:|");
+    for parts in [1_u32, 4, 16] {
+        let scenario = Scenario::new(pool, parts, false).await?;
+        scenario.publish_lib(0, count, 10_000).await?;
+        let batch = (1024 / parts as usize).max(1);
+        let lib = drain_lib(&scenario, count, parts, DeletionMode::Physical, batch).await?;
+        println!("| {parts} | {lib:.0} |");
+        scenario.drop_schema().await?;
+    }
+    Ok(())
+}
+
+async fn modes(pool: &PgPool) -> anyhow::Result<()> {
+    let count = 100_000;
+    println!("\n## drain of {count} by deletion mode (msgs/s)");
+    println!("| physical | logical |");
+    println!("|---:|---:|");
+    let physical = Scenario::new(pool, PARTITIONS, false).await?;
+    fill(&physical, count).await?;
+    let p = drain_lib(&physical, count, PARTITIONS, DeletionMode::Physical, 64).await?;
+    physical.drop_schema().await?;
+    let logical = Scenario::new(pool, PARTITIONS, false).await?;
+    fill(&logical, count).await?;
+    let l = drain_lib(&logical, count, PARTITIONS, DeletionMode::Logical, 64).await?;
+    println!("| {p:.0} | {l:.0} |");
+
+    // A poll with a long delivered history, next to one on an empty table.
+    let sql = format!(
+        "explain (analyze, buffers, costs off) select id from {t} \
+         where partition = 3 and delivered_at is null order by id limit 64",
+        t = logical.table()
+    );
+    fill(&logical, 10).await?;
+    let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
+        .fetch_all(&logical.pool)
+        .await?;
+    println!("\nplan of one partition's poll with {count} delivered rows kept and 10 pending:");
+    for line in plan {
+        println!("    {line}");
+    }
+    logical.drop_schema().await
+}
+
+async fn backlog(pool: &PgPool) -> anyhow::Result<()> {
+    println!("\n## drain rate by backlog size (msgs/s)");
+    println!("| backlog | postoffice | raw DELETE loop | ratio to raw |");
+    println!("|---:|---:|---:|---:|");
+    let mut rates = Vec::new();
+    for count in [100_000_u64, 1_000_000] {
+        let scenario = Scenario::new(pool, PARTITIONS, false).await?;
+        fill(&scenario, count).await?;
+        let raw = drain_raw(&scenario, count).await?;
+        fill(&scenario, count).await?;
+        let lib = drain_lib(&scenario, count, PARTITIONS, DeletionMode::Physical, 64).await?;
+        println!("| {count} | {lib:.0} | {raw:.0} | {:.2} |", lib / raw);
+        rates.push(lib);
+        scenario.drop_schema().await?;
+    }
+    if let [small, large] = rates[..] {
+        println!("1M backlog rate / 100k backlog rate: {:.2}", large / small);
+    }
+    Ok(())
+}
+
+/// Commit-to-send latency at a steady rate of single-message transactions.
+async fn latency(pool: &PgPool) -> anyhow::Result<()> {
+    // The most single-message transactions one publisher commits per second.
+    let probe = Scenario::new(pool, PARTITIONS, true).await?;
+    let started = Instant::now();
+    probe.publish_lib(0, 2_000, 1).await?;
+    let max_rate = rate(2_000, started.elapsed());
+    probe.drop_schema().await?;
+    let target = (max_rate / 2.0).max(1.0);
+
+    println!(
+        "\n## commit-to-send latency at {target:.0} msgs/s (half the single-publisher maximum {max_rate:.0})"
+    );
+    println!("| wake-up | p50 ms | p99 ms | max ms | samples |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, notify, poll) in [
+        ("NOTIFY, 1 s poll fallback", true, Duration::from_secs(1)),
+        ("polling every 100 ms", false, Duration::from_millis(100)),
+    ] {
+        let scenario = Scenario::new(pool, PARTITIONS, notify).await?;
+        let poller = scenario
+            .poller(PARTITIONS, notify, DeletionMode::Physical, poll)
+            .await?;
+        let committed: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+        let latencies: Arc<Mutex<Vec<f64>>> = Arc::default();
+        let (seen, record) = (Arc::clone(&committed), Arc::clone(&latencies));
+        let tap = tower::service_fn(move |message: Msg| {
+            let now = Instant::now();
+            let commit = seen
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&message.payload.seq).copied());
+            if let (Some(commit), Ok(mut record)) = (commit, record.lock()) {
+                record.push(now.saturating_duration_since(commit).as_secs_f64() * 1000.0);
+            }
+            std::future::ready(Ok::<(), std::convert::Infallible>(()))
+        });
+        let token = CancellationToken::new();
+        let relay = tokio::spawn(Producer::new(poller, Transport::new(tap)).run(token.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        let samples = (target * 5.0) as u64;
+        let period = Duration::from_secs_f64(1.0 / target);
+        let mut ticker = tokio::time::interval(period);
+        for seq in 0..samples {
+            ticker.tick().await;
+            let mut tx = pool.begin().await?;
+            scenario
+                .outbox
+                .publish_messages([message(seq)], &mut tx)
+                .await?;
+            // Record just before the commit returns; a send can start before
+            // the client sees the commit acknowledged.
+            committed
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .insert(seq, Instant::now());
+            tx.commit().await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while latencies.lock().map(|l| l.len() as u64).unwrap_or(0) < samples
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token.cancel();
+        relay.await?.context("relay")?;
+        let mut values = latencies.lock().map(|l| l.clone()).unwrap_or_default();
+        values.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            values
+                .get(((values.len() as f64 - 1.0) * q) as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {} |",
+            pick(0.5),
+            pick(0.99),
+            pick(1.0),
+            values.len()
+        );
+        scenario.drop_schema().await?;
+    }
+    Ok(())
+}
+
+mod brokers {
+    use super::*;
+
+    pub(super) async fn run(_pool: &PgPool) -> anyhow::Result<()> {
+        println!("\n## drain to brokers: build with --features amqp,kafka");
+        Ok(())
+    }
+}

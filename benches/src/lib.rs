@@ -1,0 +1,1 @@
+//! Benchmarks live in `benches/relay.rs`; run `cargo bench -p postoffice-benches`.
