@@ -102,6 +102,14 @@ pub mod transport {
     }
     #[cfg(feature = "amqp")]
     pub use postoffice_amqp::RabbitMq;
+
+    /// The Kafka transport and its builder and errors.
+    #[cfg(feature = "kafka")]
+    pub mod kafka {
+        pub use postoffice_kafka::*;
+    }
+    #[cfg(feature = "kafka")]
+    pub use postoffice_kafka::Kafka;
 }
 
 /// Encoding layers that turn messages into broker payloads.
