@@ -31,6 +31,7 @@
 
 pub mod amqp;
 pub mod db;
+pub mod inject;
 pub mod kafka;
 pub mod process;
 
