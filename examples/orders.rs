@@ -195,32 +195,62 @@ mod postgres {
 mod sqlite {
     use super::*;
     use postoffice::Outbox;
-    use postoffice::outbox::memory::InMemoryOutbox;
+    use postoffice::outbox::sqlx::{SqliteSqlxOutbox, SqliteSqlxOutboxPoller};
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
-    // NOTE: runs on the in-memory store until the SQLite store lands.
     pub(crate) async fn run() -> anyhow::Result<Vec<EncodedMessage>> {
-        println!("store: in memory (set DATABASE_URL for Postgres)");
-        let store = InMemoryOutbox::default();
-        let outbox = Outbox::new(store.clone());
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("orders.db");
+        println!(
+            "store: SQLite at {} (set DATABASE_URL for Postgres)",
+            file.display()
+        );
+        let options = SqliteConnectOptions::new()
+            .filename(&file)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::query(
+            "create table if not exists orders (
+                id integer primary key autoincrement,
+                customer text not null,
+                total_cents integer not null
+            )",
+        )
+        .execute(&pool)
+        .await?;
+        let outbox = Outbox::new(SqliteSqlxOutbox::try_new(pool.clone()).await?);
 
-        let mut tx = store.begin();
-        let batch = events().enumerate().map(|(n, (customer, total_cents))| {
+        let mut tx = pool.begin().await?;
+        let mut batch = Vec::new();
+        for (customer, total_cents) in events() {
+            let (order_id,): (i64,) = sqlx::query_as(
+                "insert into orders (customer, total_cents) values (?1, ?2) returning id",
+            )
+            .bind(&customer)
+            .bind(total_cents)
+            .fetch_one(&mut *tx)
+            .await?;
             let headers = OrderEvent {
-                order_id: n as i64 + 1,
+                order_id,
                 kind: "order_created".into(),
             };
-            (
+            batch.push((
                 headers,
                 OrderPayload {
                     customer,
                     total_cents,
                 },
-            )
-        });
+            ));
+        }
         outbox.publish_messages(batch, &mut tx).await?;
-        tx.commit();
+        tx.commit().await?;
 
-        let mut tx = store.begin();
+        let mut tx = pool.begin().await?;
         let headers = OrderEvent {
             order_id: -1,
             kind: "order_created".into(),
@@ -230,9 +260,16 @@ mod sqlite {
             total_cents: 0,
         };
         outbox.publish(headers, payload, &mut tx).await?;
-        tx.rollback();
+        tx.rollback().await?;
 
-        relay(store.poller::<OrderEvent, OrderPayload>(), ORDERS.len()).await
+        let poller = SqliteSqlxOutboxPoller::<OrderEvent, OrderPayload>::try_new(
+            pool.clone(),
+            Duration::from_millis(200),
+        )
+        .await?;
+        let relayed = relay(poller, ORDERS.len()).await?;
+        pool.close().await;
+        Ok(relayed)
     }
 }
 

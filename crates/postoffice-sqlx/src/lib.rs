@@ -10,7 +10,11 @@
 //! - `postgres` (default): the Postgres store, [`PgSqlxOutbox`] and
 //!   [`PgSqlxOutboxPoller`]. See the [`postgres`] module for the schema,
 //!   partitions, ordering, wake-up and deletion modes.
-//! - `sqlite`: reserved for the SQLite store.
+//! - `sqlite`: the SQLite store, the embedded default,
+//!   [`SqliteSqlxOutbox`] and [`SqliteSqlxOutboxPoller`], with a bundled
+//!   SQLite. See the [`sqlite`] module.
+//!
+//! Both stores share [`Error`] and [`DeletionMode`].
 //!
 //! # Example
 //!
@@ -60,11 +64,29 @@
 //!
 //! [Postoffice]: https://github.com/postoffice-rs/postoffice
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod deletion;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod error;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use deletion::DeletionMode;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use error::Error;
 #[cfg(feature = "postgres")]
 pub use postgres::{
-    DeletionMode, Error, PgSqlxOutbox, PgSqlxOutboxBuilder, PgSqlxOutboxPoller,
-    PgSqlxOutboxPollerBuilder,
+    PgSqlxOutbox, PgSqlxOutboxBuilder, PgSqlxOutboxPoller, PgSqlxOutboxPollerBuilder,
+};
+/// Re-exported: the dead-letter types of the pollers' `dead_letters` and
+/// `dead_letter_policy`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use postoffice_core::{DeadLetterEntry, DeadLetterPolicy};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{
+    SqliteSqlxOutbox, SqliteSqlxOutboxBuilder, SqliteSqlxOutboxPoller,
+    SqliteSqlxOutboxPollerBuilder,
 };

@@ -98,6 +98,7 @@
 //! its reason, in the same statement that deletes it from the outbox, and the
 //! relay goes on with the rows behind it.
 
+mod dead_letters;
 mod listener;
 mod outbox;
 mod poller;
@@ -107,55 +108,8 @@ pub use outbox::{PgSqlxOutbox, PgSqlxOutboxBuilder};
 pub use poller::{PgSqlxOutboxPoller, PgSqlxOutboxPollerBuilder};
 pub use schema::{DEFAULT_SCHEMA, DEFAULT_TABLE};
 
-/// What the relay does with a message once the transport confirmed it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum DeletionMode {
-    /// Delete the row.
-    #[default]
-    Physical,
-    /// Keep the row and set its `delivered_at`; old rows are removed by
-    /// [`PgSqlxOutboxPoller::purge_delivered`].
-    Logical,
-}
-
-/// Why building a store or poller, or an operation on it, failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum Error {
-    /// The database refused or failed a statement.
-    #[error("database operation failed")]
-    Database(#[from] sqlx::Error),
-    /// The outbox tables are missing or lack columns, and creating them was
-    /// switched off or did not help.
-    #[error("outbox table {table} is missing columns: {}", missing.join(", "))]
-    Schema {
-        /// The outbox table, qualified.
-        table: String,
-        /// The missing columns, as `table.column`.
-        missing: Vec<String>,
-    },
-    /// A schema or table name is not a plain lowercase SQL identifier.
-    #[error(
-        "{kind} name {name:?} is not allowed: use a-z, 0-9 and _, not a digit first, at most {max} bytes"
-    )]
-    InvalidName {
-        /// `"schema"` or `"table"`.
-        kind: &'static str,
-        /// The refused name.
-        name: String,
-        /// The longest name allowed.
-        max: usize,
-    },
-    /// A poller was given a partition that is not below the partition count.
-    #[error("partition {partition} is out of range for {partitions} partitions")]
-    PartitionOutOfRange {
-        /// The partition asked for.
-        partition: u32,
-        /// The partition count.
-        partitions: u32,
-    },
-}
+pub use crate::deletion::DeletionMode;
+pub use crate::error::Error;
 
 /// Options shared by the store and poller builders.
 #[derive(Debug, Clone)]

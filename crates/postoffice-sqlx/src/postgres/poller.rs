@@ -11,7 +11,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use postoffice_core::poller::{Complete, DeadLetter, Fail, Fetch, WaitForWork};
-use postoffice_core::{BoxError, DecodeError, Message, MessageId, error_chain};
+use postoffice_core::{
+    BoxError, DeadLetterEntry, DeadLetterPolicy, DecodeError, Message, MessageId, error_chain,
+};
 use serde::de::DeserializeOwned;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -19,6 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::DropGuard;
 use tower_service::Service;
 
+use super::dead_letters::DeadQueries;
 use super::schema::{Names, Queries, sql};
 use super::{DeletionMode, Error, Options, listener};
 
@@ -67,6 +70,8 @@ struct Shared {
     owned: Vec<u32>,
     poll_interval: Duration,
     deletion: DeletionMode,
+    policy: DeadLetterPolicy,
+    dead: DeadQueries,
     wakeups: Arc<watch::Sender<u64>>,
     /// Stops the listener task when the last clone drops.
     _listener: Option<DropGuard>,
@@ -89,6 +94,7 @@ impl<H, P> fmt::Debug for PgSqlxOutboxPoller<H, P> {
             .field("owned", &self.shared.owned)
             .field("poll_interval", &self.shared.poll_interval)
             .field("deletion", &self.shared.deletion)
+            .field("dead_letter_policy", &self.shared.policy)
             .field("notify", &self.shared._listener.is_some())
             .finish()
     }
@@ -117,6 +123,7 @@ impl<H, P> PgSqlxOutboxPoller<H, P> {
             owned: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
             deletion: DeletionMode::default(),
+            policy: DeadLetterPolicy::default(),
             _types: PhantomData,
         }
     }
@@ -129,6 +136,50 @@ impl<H, P> PgSqlxOutboxPoller<H, P> {
     /// The deletion mode.
     pub fn deletion(&self) -> DeletionMode {
         self.shared.deletion
+    }
+
+    /// The dead-letter policy.
+    pub fn dead_letter_policy(&self) -> DeadLetterPolicy {
+        self.shared.policy
+    }
+
+    /// The messages set aside, by id, at most `limit` of them; of every
+    /// partition, not only the owned ones.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the query fails.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterEntry>, Error> {
+        self.shared.dead.list(&self.shared.pool, limit).await
+    }
+
+    /// Puts set-aside messages back in the outbox under their original ids,
+    /// in one statement, so each goes out before the later messages of its
+    /// partition that are still pending. Their attempt counts start again
+    /// from zero. Returns how many were replayed; unknown ids are ignored.
+    /// Wakes this poller; other pollers see the messages at their next poll.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the statement fails; then nothing is replayed.
+    pub async fn replay(&self, ids: &[MessageId]) -> Result<u64, Error> {
+        let replayed = self.shared.dead.replay(&self.shared.pool, ids).await?;
+        tracing::debug!(replayed, "dead letters replayed");
+        listener::bump(&self.shared.wakeups);
+        Ok(replayed)
+    }
+
+    /// Drops set-aside messages for good. Returns how many were dropped.
+    /// Wakes this poller, since with [`DeadLetterPolicy::Block`] a purge can
+    /// free a partition.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the statement fails.
+    pub async fn purge(&self, ids: &[MessageId]) -> Result<u64, Error> {
+        let purged = self.shared.dead.purge(&self.shared.pool, ids).await?;
+        listener::bump(&self.shared.wakeups);
+        Ok(purged)
     }
 
     /// Deletes rows delivered more than `older_than` ago (logical-deletion
@@ -170,6 +221,7 @@ pub struct PgSqlxOutboxPollerBuilder<H, P> {
     owned: Option<Vec<u32>>,
     poll_interval: Duration,
     deletion: DeletionMode,
+    policy: DeadLetterPolicy,
     _types: PhantomData<fn() -> (H, P)>,
 }
 
@@ -180,6 +232,7 @@ impl<H, P> fmt::Debug for PgSqlxOutboxPollerBuilder<H, P> {
             .field("owned", &self.owned)
             .field("poll_interval", &self.poll_interval)
             .field("deletion", &self.deletion)
+            .field("dead_letter_policy", &self.policy)
             .finish()
     }
 }
@@ -234,6 +287,17 @@ impl<H, P> PgSqlxOutboxPollerBuilder<H, P> {
         self
     }
 
+    /// What a partition does after one of its messages was set aside (default
+    /// [`DeadLetterPolicy::MoveOn`]). With [`DeadLetterPolicy::Block`] the
+    /// poller skips every partition that has a dead letter until it is
+    /// [replayed](PgSqlxOutboxPoller::replay) or
+    /// [purged](PgSqlxOutboxPoller::purge); that costs one more query per
+    /// fetch.
+    pub fn dead_letter_policy(mut self, policy: DeadLetterPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// Whether `build` creates missing tables (default `true`) or only checks
     /// that they exist.
     pub fn migrate(mut self, migrate: bool) -> Self {
@@ -257,6 +321,7 @@ impl<H, P> PgSqlxOutboxPollerBuilder<H, P> {
             owned,
             poll_interval,
             deletion,
+            policy,
             ..
         } = self;
         let partitions = options.partitions;
@@ -282,6 +347,8 @@ impl<H, P> PgSqlxOutboxPollerBuilder<H, P> {
         let shared = Shared {
             pool,
             queries: Queries::new(&names),
+            dead: DeadQueries::new(&names),
+            policy,
             partitions,
             owned,
             poll_interval,
@@ -338,12 +405,17 @@ where
 {
     async fn fetch(self, request: Fetch) -> Result<Vec<Message<H, P>>, Error> {
         let shared = &self.shared;
-        let partitions: Vec<i32> = shared
+        let mut partitions: Vec<i32> = shared
             .owned
             .iter()
             .filter(|p| !request.exclude.contains(p))
             .map(|p| i32::try_from(*p).unwrap_or(i32::MAX))
             .collect();
+        let block = shared.policy == DeadLetterPolicy::Block;
+        if block && !partitions.is_empty() {
+            let blocked = shared.dead.blocked(&shared.pool, &partitions).await?;
+            partitions.retain(|p| !blocked.contains(p));
+        }
         if partitions.is_empty() || request.per_partition == 0 {
             return Ok(Vec::new());
         }
@@ -356,10 +428,22 @@ where
 
         let mut messages = Vec::with_capacity(rows.len());
         let mut undecodable = Vec::new();
+        let mut stopped: Vec<i32> = Vec::new();
         for row in &rows {
+            // With the block policy a partition stops at its first row that
+            // does not decode; the rows behind it wait for replay or purge.
+            let partition: i32 = row.try_get(1)?;
+            if stopped.contains(&partition) {
+                continue;
+            }
             match decode(row)? {
                 Ok(message) => messages.push(message),
-                Err(error) => undecodable.push(error),
+                Err(error) => {
+                    undecodable.push(error);
+                    if block {
+                        stopped.push(partition);
+                    }
+                }
             }
         }
         if !undecodable.is_empty() {

@@ -1,0 +1,4 @@
+//! The conformance suite on the postgres store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+postoffice_conformance::conformance_tests!(postoffice_conformance::harness::PostgresHarness);

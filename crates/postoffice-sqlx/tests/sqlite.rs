@@ -1,0 +1,2 @@
+//! SQLite store tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
