@@ -1,7 +1,8 @@
-//! Recovery after the broker closes every connection mid-stream. In a test
-//! binary of its own, because `rabbitmqctl close_all_connections` closes the
-//! connections of every test running at the time. `RABBITMQCTL` names the
-//! command (default `rabbitmqctl`).
+//! Recovery after the broker closes the transport's connection mid-stream.
+//! Only the connection with this test's client-provided name is closed
+//! (`rabbitmqctl close_connection`), so other tests running at the same time,
+//! in this process or another, keep theirs. `RABBITMQCTL` names the command
+//! (default `rabbitmqctl`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -17,31 +18,61 @@ use support::{Broker, Headers, Payload, amqp_url, init_tracing};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
-fn close_all_connections() {
+fn rabbitmqctl(args: &[&str]) -> String {
     let command = std::env::var("RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
     let mut words = command.split_whitespace();
     let program = words.next().expect("RABBITMQCTL names a command");
-    let status = std::process::Command::new(program)
+    let output = std::process::Command::new(program)
         .args(words)
-        .args(["close_all_connections", "test"])
-        .stdout(std::process::Stdio::null())
-        .status()
+        .args(args)
+        .output()
         .expect("run rabbitmqctl");
     assert!(
-        status.success(),
-        "rabbitmqctl close_all_connections failed: {status}"
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Closes the connections whose client-provided name is `name`; returns how
+/// many. The listing has one line per connection: the pid in the form
+/// `close_connection` takes, a tab, the client properties.
+fn close_connections_named(name: &str) -> usize {
+    let listing = rabbitmqctl(&[
+        "list_connections",
+        "--silent",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ]);
+    let wanted = format!("{{\"connection_name\",\"{name}\"}}");
+    let mut closed = 0;
+    for line in listing.lines() {
+        if let Some((pid, properties)) = line.split_once('\t')
+            && properties.contains(&wanted)
+        {
+            rabbitmqctl(&[
+                "close_connection",
+                pid.trim(),
+                "closed by the recovery test",
+            ]);
+            closed += 1;
+        }
+    }
+    closed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_message_arrives_after_the_broker_closes_all_connections() {
+async fn every_message_arrives_after_the_broker_closes_the_connection() {
     init_tracing();
     let broker = Broker::connect().await;
     let topology = broker.topology("recovery", "events").await;
+    let name = support::unique("recovery");
     let rabbit = RabbitMq::builder(amqp_url())
         .exchange(topology.exchange.clone())
         .routing_key("events")
-        .connection_name(support::unique("recovery"))
+        .connection_name(name.clone())
         .connect()
         .await
         .unwrap();
@@ -79,9 +110,10 @@ async fn every_message_arrives_after_the_broker_closes_all_connections() {
     while store.delivered() < 500 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    tokio::task::spawn_blocking(close_all_connections)
+    let closed = tokio::task::spawn_blocking(move || close_connections_named(&name))
         .await
         .unwrap();
+    assert_eq!(closed, 1, "the transport's connection was found and closed");
     let delivered_at_close = store.delivered();
     assert!(
         !writer.is_finished(),
@@ -98,8 +130,7 @@ async fn every_message_arrives_after_the_broker_closes_all_connections() {
     assert_eq!(store.pending(), 0, "every row was confirmed");
     assert!(rabbit.reconnections() >= 1, "the transport reconnected");
 
-    // The test's first connection was closed too: read back on a new one.
-    let reader = Broker::connect().await;
+    let reader = broker;
     let received = reader
         .read(&topology.queue, usize::MAX, Duration::from_secs(2))
         .await;
@@ -109,7 +140,7 @@ async fn every_message_arrives_after_the_broker_closes_all_connections() {
     assert_eq!(arrived, expected, "none lost");
     let duplicates = support::check_order(&received);
     println!(
-        "closed all connections after {delivered_at_close} of 5000 confirmed; \
+        "closed the connection after {delivered_at_close} of 5000 confirmed; \
          {} received, {duplicates} duplicates, {} reconnections",
         received.len(),
         rabbit.reconnections()

@@ -257,27 +257,31 @@ fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Has the broker close every connection whose client-provided name is
-/// `name`, leaving everyone else's alone; returns how many were closed.
+/// Has the broker close every connection whose client-provided name
+/// (`connection_name` client property) is `name`, leaving everyone else's
+/// alone; returns how many were closed.
 ///
 /// # Errors
 ///
 /// When `rabbitmqctl` fails.
 pub fn close_connections_named(name: &str) -> anyhow::Result<usize> {
+    // One line per connection: the pid (`<rabbit@host.1.2.3>`, the form
+    // `close_connection` takes), a tab, then the client properties, which
+    // hold `{"connection_name","..."}`.
     let listing = rabbitmqctl(&[
         "list_connections",
         "--silent",
         "--no-table-headers",
         "pid",
-        "user_provided_name",
+        "client_properties",
     ])?;
+    let wanted = format!("{{\"connection_name\",\"{name}\"}}");
     let mut closed = 0;
     for line in listing.lines() {
-        let mut columns = line.split('\t');
-        let (Some(pid), Some(provided)) = (columns.next(), columns.next()) else {
+        let Some((pid, properties)) = line.split_once('\t') else {
             continue;
         };
-        if provided.trim() != name {
+        if !properties.contains(&wanted) {
             continue;
         }
         rabbitmqctl(&[

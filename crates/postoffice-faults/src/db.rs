@@ -69,6 +69,12 @@ impl Db {
         Ok(db)
     }
 
+    /// A handle on a schema created by [`Db::create`], sharing its pool (for
+    /// a task that publishes while the test goes on).
+    pub fn attach(pool: PgPool, schema: String) -> Self {
+        Self { pool, schema }
+    }
+
     /// The store, on the test's pool.
     ///
     /// # Errors
