@@ -4,7 +4,7 @@
 //! test, and the few operations the suite needs that are not part of the
 //! poller requests) and invoking [`conformance_tests!`] in a test file:
 //!
-//! ```ignore
+//! ```text
 //! postoffice_conformance::conformance_tests!(postoffice_conformance::harness::MemoryHarness);
 //! ```
 //!

@@ -12,7 +12,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `postgres` | yes | [`outbox::sqlx::PgSqlxOutbox`] and its poller |
-//! | `sqlite` | no | the SQLite store, the embedded default |
+//! | `sqlite` | no | `outbox::sqlx::SqliteSqlxOutbox` and its poller, the embedded default |
 //! | `amqp` | no | `transport::RabbitMq` on lapin (more in `transport::amqp`) |
 //! | `kafka` | no | `transport::Kafka` on rdkafka |
 //! | `cloudevents` | no | `JsonCloudEventsLayer` |
