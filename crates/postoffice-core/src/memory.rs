@@ -38,6 +38,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::{Ready, ready};
 use std::marker::PhantomData;
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -414,13 +415,19 @@ where
             DeadLetterPolicy::Block => state.dead.values().map(|d| d.partition).collect(),
             _ => Vec::new(),
         };
-        let serve = |p: &&u32| !request.exclude.contains(p) && !blocked.contains(p);
-        for &partition in self.owned.iter().filter(serve) {
+        for &partition in self.owned.iter() {
+            let Some(start) = request.start(partition) else {
+                continue;
+            };
+            if blocked.contains(&partition) {
+                continue;
+            }
             let Some(rows) = state.pending.get(partition as usize) else {
                 continue;
             };
+            let from = start.map_or(Bound::Unbounded, |id| Bound::Excluded(id.get()));
             let mut taken = 0;
-            for (&id, row) in rows {
+            for (&id, row) in rows.range((from, Bound::Unbounded)) {
                 if taken == request.per_partition {
                     break;
                 }

@@ -4,6 +4,7 @@
 //! the error type [`BoxError`], so timeout, retry and tracing layers wrap it
 //! like any other service. The [`Poller`] trait names that bundle.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,6 +18,15 @@ use crate::{BoxError, Message, MessageId};
 /// it owns that is not in `exclude`, each partition's messages in id order.
 /// Rows that no longer decode are moved to the dead letters by the poller and
 /// never returned.
+///
+/// `after` is an optimisation hint that a poller may ignore: for an excluded
+/// partition listed there, the poller may serve the partition anyway, but only
+/// with messages whose id is above the given one. The
+/// [`Producer`](crate::Producer) sets it for partitions whose previous batch is
+/// still being sent, to read their next batch early; it drops anything at or
+/// below the cursor itself, and it returns to uncursored reads regularly, so
+/// that a message that committed late with a lower id is still delivered.
+/// A poller that ignores the hint leaves those partitions out, as before.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Fetch {
@@ -24,15 +34,48 @@ pub struct Fetch {
     pub exclude: Vec<u32>,
     /// The most messages to return per partition.
     pub per_partition: usize,
+    /// Excluded partitions that may be served from above a cursor (a hint; see
+    /// the type's docs).
+    pub after: BTreeMap<u32, MessageId>,
 }
 
 impl Fetch {
-    /// Builds a request.
+    /// Builds a request without cursors.
     pub fn new(exclude: Vec<u32>, per_partition: usize) -> Self {
         Self {
             exclude,
             per_partition,
+            after: BTreeMap::new(),
         }
+    }
+
+    /// Adds cursors: each listed partition, if it is also excluded, may be
+    /// served with messages above the given id only.
+    #[must_use]
+    pub fn with_after(mut self, after: BTreeMap<u32, MessageId>) -> Self {
+        self.after = after;
+        self
+    }
+
+    /// Where a poller that honours cursors starts reading `partition`:
+    /// `Some(None)` from the oldest message, `Some(Some(id))` above `id`, and
+    /// `None` not at all.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use postoffice_core::{MessageId, poller::Fetch};
+    ///
+    /// let fetch = Fetch::new(vec![1, 2], 100)
+    ///     .with_after(BTreeMap::from([(2, MessageId::new(41))]));
+    /// assert_eq!(fetch.start(0), Some(None));
+    /// assert_eq!(fetch.start(1), None);
+    /// assert_eq!(fetch.start(2), Some(Some(MessageId::new(41))));
+    /// ```
+    pub fn start(&self, partition: u32) -> Option<Option<MessageId>> {
+        if !self.exclude.contains(&partition) {
+            return Some(None);
+        }
+        self.after.get(&partition).map(|id| Some(*id))
     }
 }
 

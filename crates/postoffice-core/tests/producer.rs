@@ -402,3 +402,73 @@ async fn purge_drops_dead_letters() {
     assert!(store.dead_letters().is_empty());
     assert_eq!(store.pending(), 0);
 }
+
+/// Checks each key's sequence: every message follows the one before it, or
+/// repeats an earlier one (a duplicate after a failure), never skips ahead.
+fn assert_no_gaps(got: &[Msg], keys: usize, per_key: u32) {
+    let mut next: HashMap<String, u32> = HashMap::new();
+    for message in got {
+        let expected = next.entry(message.headers.key.clone()).or_insert(0);
+        assert!(
+            message.headers.seq <= *expected,
+            "key {} skipped from {} to {}",
+            message.headers.key,
+            expected,
+            message.headers.seq
+        );
+        if message.headers.seq == *expected {
+            *expected += 1;
+        }
+    }
+    assert_eq!(next.len(), keys);
+    assert!(next.values().all(|n| *n == per_key), "{next:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_ahead_keeps_order_through_failures_and_permanent_refusals() {
+    let store = InMemoryOutbox::with_partitions(4);
+    publish(&store, 8, 60).await;
+
+    let received: InMemory<Msg> = InMemory::default();
+    let sink = received.clone();
+    let transport = tower::service_fn(move |message: Msg| {
+        let sink = sink.clone();
+        async move {
+            let roll = rand::rng().random_range(0..100);
+            tokio::time::sleep(Duration::from_micros(roll * 20)).await;
+            if message.headers.key == "key-5" && message.headers.seq == 30 {
+                return Err::<(), BoxError>(SendError::permanent("refused").into());
+            }
+            if roll < 4 {
+                return Err::<(), BoxError>(SendError::retryable("flaky").into());
+            }
+            sink.oneshot(message).await.map_err(BoxError::from)
+        }
+    });
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(transport))
+        .batch_size(5)
+        .backoff(fast_backoff())
+        .read_ahead(Some(Duration::from_secs(10)));
+    let relay = tokio::spawn(producer.run(token.clone()));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while store.pending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel();
+    relay.await.expect("join").expect("run");
+
+    assert_eq!(store.pending(), 0);
+    assert_eq!(store.dead_letters().len(), 1);
+    let mut got = received.messages();
+    // The refused message never arrives; count it as sent for the check.
+    let refused = got
+        .iter()
+        .position(|m| m.headers.key == "key-5" && m.headers.seq == 31)
+        .expect("key-5 goes on after the refused message");
+    let mut stand_in = got[refused].clone();
+    stand_in.headers.seq = 30;
+    got.insert(refused, stand_in);
+    assert_no_gaps(&got, 8, 60);
+}

@@ -13,7 +13,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use postoffice_core::poller::{DeadLetter, Fail, Fetch};
-use postoffice_core::{Outbox, PublishError, partition_for};
+use postoffice_core::transport::InMemory;
+use postoffice_core::{
+    CancellationToken, Outbox, Producer, PublishError, Transport, partition_for,
+};
 use postoffice_sqlx::{DeletionMode, Error, PgSqlxOutbox, PgSqlxOutboxPoller};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Row};
@@ -153,6 +156,65 @@ async fn a_late_commit_is_still_delivered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_commit_below_the_read_ahead_cursor_is_still_delivered() {
+    let db = TestDb::new().await;
+    let outbox = Outbox::new(db.outbox().await);
+
+    // The late message (seq 0) takes the lowest id of its key's partition
+    // and commits while the relay reads ahead above it.
+    let mut slow = db.pool.begin().await.unwrap();
+    outbox
+        .publish_messages([message("k", 0)], &mut slow)
+        .await
+        .unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    outbox
+        .publish_messages((1..=200).map(|seq| message("k", seq)), &mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let received: InMemory<Msg> = InMemory::default();
+    let sink = received.clone();
+    let slow_sends = tower::service_fn(move |message: Msg| {
+        let sink = sink.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            sink.oneshot(message).await
+        }
+    });
+    let poller = db.poller().build().await.unwrap();
+    let producer = Producer::new(poller, Transport::new(slow_sends))
+        .batch_size(4)
+        .read_ahead(Some(Duration::from_millis(100)));
+    let token = CancellationToken::new();
+    let relay = tokio::spawn(producer.run(token.clone()));
+
+    received
+        .wait_for(20, Duration::from_secs(30))
+        .await
+        .unwrap();
+    slow.commit().await.unwrap();
+    let got = received
+        .wait_for(201, Duration::from_secs(30))
+        .await
+        .expect("the late message is delivered too");
+    token.cancel();
+    relay.await.unwrap().unwrap();
+
+    let late = got.iter().position(|m| m.headers.seq == 0).unwrap();
+    assert!(late >= 20, "read after it committed");
+    let seqs: Vec<u32> = got
+        .iter()
+        .filter(|m| m.headers.seq != 0)
+        .map(|m| m.headers.seq)
+        .collect();
+    assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    assert_eq!(db.rows().await, 0);
+    db.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_pollers_on_disjoint_partitions_keep_per_key_order() {
     let db = TestDb::new().await;
     let outbox = Outbox::new(db.outbox().await);
@@ -268,11 +330,12 @@ fn fetch_sql(table: &str) -> String {
     format!(
         "select m.id, m.partition, m.partition_key, m.headers::text, m.payload::text, \
          m.attempts, m.created_at, m.next_attempt_at \
-         from unnest($1::int4[]) as p(partition) cross join lateral ( \
+         from unnest($1::int4[], $3::int8[]) as p(partition, after) cross join lateral ( \
          select o.id, o.partition, o.partition_key, o.headers, o.payload, o.attempts, \
          o.created_at, o.next_attempt_at from {table} as o \
-         where o.partition = p.partition and o.delivered_at is null \
-         order by o.id limit $2) as m \
+         where (o.partition, o.id) > (p.partition, p.after) \
+         and o.partition <= p.partition and o.delivered_at is null \
+         order by o.partition, o.id limit $2) as m \
          order by m.partition, m.id"
     )
 }
@@ -287,6 +350,7 @@ async fn explain_fetch(db: &TestDb) -> (serde_json::Value, i64) {
     let plan: serde_json::Value = sqlx::query_scalar(AssertSqlSafe(sql))
         .bind((0..16).collect::<Vec<i32>>())
         .bind(100_i64)
+        .bind(vec![i64::MIN; 16])
         .fetch_one(&db.pool)
         .await
         .unwrap();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
-use futures_util::future::{BoxFuture, ready};
+use futures_util::future::{BoxFuture, OptionFuture, ready};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::{FutureExt, StreamExt};
 
@@ -33,6 +33,7 @@ struct Config {
     shutdown_grace: Duration,
     backoff: Backoff,
     max_attempts: Option<u32>,
+    read_ahead: Option<Duration>,
 }
 
 impl Default for Config {
@@ -43,6 +44,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             backoff: Backoff::default(),
             max_attempts: None,
+            read_ahead: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -154,6 +156,29 @@ impl<Po, T, H, P> Producer<Po, T, H, P> {
         self.config.max_attempts = max_attempts.map(|n| n.max(1));
         self
     }
+
+    /// Whether to read a partition's next batch while its current one is
+    /// being sent, and for how long in a row (default `Some(1 s)`; `None`
+    /// reads a partition only once it is idle).
+    ///
+    /// Reading ahead keeps the store busy while the transport works: after a
+    /// full batch, the producer asks the poller for the partition's messages
+    /// above the last id in flight (see [`Fetch`]'s `after`) and sends them as
+    /// soon as the batch before them is confirmed and removed. It never
+    /// changes the order of a partition's sends.
+    ///
+    /// A message whose transaction commits after higher ids of its partition
+    /// were read is not seen by reads above those ids; it is read by the next
+    /// read from the partition's oldest message. Read-ahead stops `window`
+    /// after a partition's last such read, so, once the batches already read
+    /// are sent, the partition goes idle and is read from its oldest message
+    /// again: a late message waits at most `window` plus the time to send two
+    /// batches longer than without read-ahead. A poller that ignores `after`
+    /// gets the same requests as without read-ahead.
+    pub fn read_ahead(mut self, window: Option<Duration>) -> Self {
+        self.config.read_ahead = window;
+        self
+    }
 }
 
 /// What the producer needs of a transport service; implemented for every
@@ -186,6 +211,33 @@ impl<T, H, P> Sender<H, P> for T where
 struct Outcome {
     partition: u32,
     retry_at: Option<Instant>,
+    /// Every message of the batch was confirmed and removed, so the batch
+    /// read after it may follow.
+    clean: bool,
+}
+
+/// A partition whose batch is being sent.
+struct Busy<H, P> {
+    /// What the transport confirmed so far.
+    confirmed: Confirmed,
+    /// The last id of the batch being sent.
+    last: MessageId,
+    /// The batch was full and no read above it came back empty: more may wait.
+    more: bool,
+    /// When the partition was last read from its oldest message.
+    since: Instant,
+    /// The next batch, read ahead, sent once the current one is clean.
+    next: Option<Vec<Message<H, P>>>,
+}
+
+/// The fetch in progress and the cursors it was sent with.
+struct Fetching<H, P> {
+    future: BoxFuture<'static, Result<Vec<Message<H, P>>, BoxError>>,
+    started: Instant,
+    /// Partitions read above a cursor: the cursor and the start of the
+    /// partition's read-ahead streak. Dropped when the partition's batch
+    /// ends unclean, so that what comes back is discarded.
+    cursors: HashMap<u32, (MessageId, Instant)>,
 }
 
 /// A failed send: the message and its error.
@@ -227,90 +279,91 @@ where
             config,
             ..
         } = self;
-        let mut busy: HashMap<u32, Confirmed> = HashMap::new();
-        let mut blocked: HashMap<u32, Instant> = HashMap::new();
-        let mut jobs: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
-        let mut poller_failures = 0_u32;
         let (acker, mut ack_task) = Acker::spawn(poller.clone());
+        let mut relay = Relay {
+            poller: poller.clone(),
+            transport,
+            config,
+            acker,
+            busy: HashMap::new(),
+            blocked: HashMap::new(),
+            jobs: FuturesUnordered::new(),
+        };
+        let mut fetching: Option<Fetching<H, P>> = None;
+        // When to start the next fetch; `None` waits for work first.
+        let mut fetch_at = Some(Instant::now());
+        let mut poller_failures = 0_u32;
 
         tracing::debug!("relay started");
         loop {
             let now = Instant::now();
-            blocked.retain(|_, due| *due > now);
-
-            {
-                let exclude = busy.keys().chain(blocked.keys()).copied().collect();
-                let fetch = call(poller.clone(), Fetch::new(exclude, config.batch_size));
-                let fetched = tokio::select! {
-                    biased;
-                    () = token.cancelled() => break,
-                    fetched = fetch => fetched,
-                };
-                match fetched {
-                    Ok(messages) => {
-                        tracing::trace!(count = messages.len(), busy = busy.len(), "fetched");
-                        poller_failures = 0;
-                        for (partition, batch) in by_partition(messages) {
-                            if let Some(due) = not_due(&batch) {
-                                blocked.insert(partition, due);
-                                continue;
-                            }
-                            let confirmed = Confirmed::default();
-                            busy.insert(partition, Arc::clone(&confirmed));
-                            let job = serve_partition(
-                                poller.clone(),
-                                acker.clone(),
-                                transport.clone(),
-                                config.clone(),
-                                partition,
-                                batch,
-                                confirmed,
-                            );
-                            let span = tracing::debug_span!("partition", partition);
-                            jobs.push(job.instrument(span).boxed());
-                        }
-                    }
-                    Err(error) => {
-                        let delay = config
-                            .backoff
-                            .delay(poller_failures)
-                            .min(MAX_POLLER_BACKOFF);
-                        poller_failures = poller_failures.saturating_add(1);
-                        tracing::warn!(%error, ?delay, "fetching pending messages failed");
-                        tokio::select! {
-                            () = token.cancelled() => break,
-                            () = tokio::time::sleep(delay) => {}
-                        }
-                        continue;
-                    }
-                }
+            relay.blocked.retain(|_, due| *due > now);
+            if fetching.is_none() && fetch_at.is_some_and(|at| at <= now) {
+                fetch_at = None;
+                fetching = Some(relay.fetch(now));
             }
-
-            let max_wait = blocked
+            let idle = fetching.is_none();
+            let max_wait = relay
+                .blocked
                 .values()
                 .min()
                 .map(|due| due.saturating_duration_since(now));
             let wait = call(poller.clone(), WaitForWork::new(max_wait));
+            let backoff = tokio::time::sleep_until(fetch_at.unwrap_or(now));
+            let in_flight = OptionFuture::from(fetching.as_mut().map(|f| &mut f.future));
+
             tokio::select! {
                 biased;
                 () = token.cancelled() => break,
-                Some(outcome) = jobs.next(), if !jobs.is_empty() => {
-                    settle(outcome, &mut busy, &mut blocked);
+                Some(outcome) = relay.jobs.next(), if !relay.jobs.is_empty() => {
+                    relay.settle(outcome, fetching.as_mut());
                     // Partitions whose removal shared one store call finish
                     // together: serve them with one fetch, not one each.
-                    while let Some(Some(outcome)) = jobs.next().now_or_never() {
-                        settle(outcome, &mut busy, &mut blocked);
+                    while let Some(Some(outcome)) = relay.jobs.next().now_or_never() {
+                        relay.settle(outcome, fetching.as_mut());
+                    }
+                    fetch_at = Some(now);
+                }
+                Some(fetched) = in_flight, if !idle => {
+                    let Some(done) = fetching.take() else { continue };
+                    match fetched {
+                        Ok(messages) => {
+                            poller_failures = 0;
+                            if relay.take(messages, done) {
+                                fetch_at = Some(fetch_at.map_or(now, |at| at.min(now)));
+                            }
+                        }
+                        Err(error) => {
+                            let delay = relay
+                                .config
+                                .backoff
+                                .delay(poller_failures)
+                                .min(MAX_POLLER_BACKOFF);
+                            poller_failures = poller_failures.saturating_add(1);
+                            tracing::warn!(%error, ?delay, "fetching pending messages failed");
+                            fetch_at = Some(Instant::now() + delay);
+                        }
                     }
                 }
-                woke = wait => {
+                () = backoff, if idle && fetch_at.is_some() => {}
+                woke = wait, if idle && fetch_at.is_none() => {
                     if let Err(error) = woke {
                         tracing::warn!(%error, "waiting for new messages failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
+                    fetch_at = Some(Instant::now());
                 }
             }
         }
 
+        let Relay {
+            config,
+            jobs,
+            busy,
+            acker,
+            ..
+        } = relay;
+        let busy = busy.into_iter().map(|(p, b)| (p, b.confirmed)).collect();
         let deadline = Instant::now() + config.shutdown_grace;
         shutdown(poller, jobs, busy, deadline).await;
         drop(acker);
@@ -323,6 +376,166 @@ where
         }
         tracing::debug!("relay stopped");
         Ok(())
+    }
+}
+
+/// The loop's state between fetches.
+struct Relay<Po, T, H, P> {
+    poller: Po,
+    transport: Transport<T>,
+    config: Config,
+    acker: Acker,
+    busy: HashMap<u32, Busy<H, P>>,
+    /// Partitions backing off after a failure, until the given time.
+    blocked: HashMap<u32, Instant>,
+    jobs: FuturesUnordered<BoxFuture<'static, Outcome>>,
+}
+
+impl<Po, T, H, P> Relay<Po, T, H, P>
+where
+    Po: Poller<H, P>,
+    T: Sender<H, P>,
+    H: Send + 'static,
+    P: Send + 'static,
+{
+    /// Starts a fetch of every idle partition, and of the busy ones that may
+    /// read ahead, above their last id in flight.
+    fn fetch(&self, now: Instant) -> Fetching<H, P> {
+        let exclude = self
+            .busy
+            .keys()
+            .chain(self.blocked.keys())
+            .copied()
+            .collect();
+        let cursors: HashMap<u32, (MessageId, Instant)> = match self.config.read_ahead {
+            Some(window) => self
+                .busy
+                .iter()
+                .filter(|(_, b)| b.more && b.next.is_none() && now < b.since + window)
+                .map(|(p, b)| (*p, (b.last, b.since)))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let after = cursors.iter().map(|(p, (id, _))| (*p, *id)).collect();
+        let request = Fetch::new(exclude, self.config.batch_size).with_after(after);
+        Fetching {
+            future: call(self.poller.clone(), request).boxed(),
+            started: now,
+            cursors,
+        }
+    }
+
+    /// Hands fetched messages to their partitions: idle partitions start
+    /// sending, busy ones keep them as their next batch. Returns whether a
+    /// busy partition could read ahead now.
+    fn take(&mut self, messages: Vec<Message<H, P>>, done: Fetching<H, P>) -> bool {
+        tracing::trace!(
+            count = messages.len(),
+            busy = self.busy.len(),
+            ahead = done.cursors.len(),
+            "fetched"
+        );
+        let Fetching {
+            started, cursors, ..
+        } = done;
+        for (partition, batch) in by_partition(messages) {
+            match (cursors.get(&partition), self.busy.get_mut(&partition)) {
+                // Read ahead while the batch before is still being sent.
+                (Some((after, _)), Some(busy)) => {
+                    let batch: Vec<_> = batch.into_iter().filter(|m| m.id > *after).collect();
+                    if !batch.is_empty() {
+                        busy.next = Some(batch);
+                    }
+                }
+                // Read ahead, and the batch before finished clean meanwhile.
+                (Some((after, since)), None) => {
+                    let batch: Vec<_> = batch.into_iter().filter(|m| m.id > *after).collect();
+                    if !batch.is_empty() && !self.blocked.contains_key(&partition) {
+                        self.start(partition, batch, *since);
+                    }
+                }
+                // A poller that ignored the exclusion: the batch is in flight.
+                (None, Some(_)) => {}
+                (None, None) => {
+                    if !self.blocked.contains_key(&partition) {
+                        self.start(partition, batch, started);
+                    }
+                }
+            }
+        }
+        for partition in cursors.keys() {
+            if let Some(busy) = self.busy.get_mut(partition)
+                && busy.next.is_none()
+            {
+                busy.more = false;
+            }
+        }
+        let window = self.config.read_ahead;
+        let now = Instant::now();
+        self.busy
+            .values()
+            .any(|b| b.more && b.next.is_none() && window.is_some_and(|w| now < b.since + w))
+    }
+
+    /// Starts sending a partition's batch, unless its head is not due yet.
+    fn start(&mut self, partition: u32, batch: Vec<Message<H, P>>, since: Instant) {
+        if let Some(due) = not_due(&batch) {
+            self.blocked.insert(partition, due);
+            return;
+        }
+        let Some(last) = batch.last().map(|m| m.id) else {
+            return;
+        };
+        let confirmed = Confirmed::default();
+        self.busy.insert(
+            partition,
+            Busy {
+                confirmed: Arc::clone(&confirmed),
+                last,
+                more: batch.len() >= self.config.batch_size,
+                since,
+                next: None,
+            },
+        );
+        let job = serve_partition(
+            self.poller.clone(),
+            self.acker.clone(),
+            self.transport.clone(),
+            self.config.clone(),
+            partition,
+            batch,
+            confirmed,
+        );
+        let span = tracing::debug_span!("partition", partition);
+        self.jobs.push(job.instrument(span).boxed());
+    }
+
+    /// Records a finished batch: the partition sends the batch read ahead,
+    /// goes idle, or backs off.
+    fn settle(&mut self, outcome: Outcome, fetching: Option<&mut Fetching<H, P>>) {
+        let partition = outcome.partition;
+        let Some(busy) = self.busy.remove(&partition) else {
+            return;
+        };
+        if let Some(due) = outcome.retry_at {
+            self.blocked.insert(partition, due);
+        }
+        if !outcome.clean {
+            // What a running fetch reads above this batch must wait for the
+            // rest of it: drop it when it comes.
+            if let Some(fetching) = fetching {
+                fetching.cursors.remove(&partition);
+            }
+            return;
+        }
+        if let Some(next) = busy.next {
+            tracing::trace!(
+                partition,
+                count = next.len(),
+                "sending the batch read ahead"
+            );
+            self.start(partition, next, busy.since);
+        }
     }
 }
 
@@ -377,17 +590,6 @@ fn not_due<H, P>(batch: &[Message<H, P>]) -> Option<Instant> {
     Some(Instant::now() + wait)
 }
 
-fn settle(
-    outcome: Outcome,
-    busy: &mut HashMap<u32, Confirmed>,
-    blocked: &mut HashMap<u32, Instant>,
-) {
-    busy.remove(&outcome.partition);
-    if let Some(due) = outcome.retry_at {
-        blocked.insert(outcome.partition, due);
-    }
-}
-
 fn take(confirmed: &Confirmed) -> Vec<MessageId> {
     std::mem::take(&mut *confirmed.lock().unwrap_or_else(PoisonError::into_inner))
 }
@@ -410,6 +612,7 @@ where
     let failure = send_in_order(transport, batch, config.in_flight_per_partition, &confirmed).await;
 
     let ids = take(&confirmed);
+    let mut removed = true;
     if !ids.is_empty() {
         let count = ids.len();
         match acker.complete(ids).await {
@@ -418,11 +621,13 @@ where
                 tracing::debug!(count, "messages delivered");
             }
             Err(error) => {
+                removed = false;
                 tracing::warn!(%error, count, "removing confirmed messages failed, they will be sent again");
             }
         }
     }
 
+    let clean = removed && failure.is_none();
     let retry_at = match failure {
         None => None,
         Some(failure) => record_failure(poller, config, failure).await,
@@ -430,6 +635,7 @@ where
     Outcome {
         partition,
         retry_at,
+        clean,
     }
 }
 

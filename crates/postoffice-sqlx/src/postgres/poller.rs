@@ -405,16 +405,24 @@ where
 {
     async fn fetch(self, request: Fetch) -> Result<Vec<Message<H, P>>, Error> {
         let shared = &self.shared;
-        let mut partitions: Vec<i32> = shared
-            .owned
-            .iter()
-            .filter(|p| !request.exclude.contains(p))
-            .map(|p| i32::try_from(*p).unwrap_or(i32::MAX))
-            .collect();
+        let mut partitions = Vec::with_capacity(shared.owned.len());
+        let mut after = Vec::with_capacity(shared.owned.len());
+        for &partition in &shared.owned {
+            if let Some(start) = request.start(partition) {
+                partitions.push(i32::try_from(partition).unwrap_or(i32::MAX));
+                // Ids are positive, so the smallest i64 reads from the oldest.
+                after.push(start.map_or(i64::MIN, MessageId::get));
+            }
+        }
         let block = shared.policy == DeadLetterPolicy::Block;
         if block && !partitions.is_empty() {
             let blocked = shared.dead.blocked(&shared.pool, &partitions).await?;
-            partitions.retain(|p| !blocked.contains(p));
+            let (kept, cursors): (Vec<i32>, Vec<i64>) = partitions
+                .iter()
+                .zip(&after)
+                .filter(|(p, _)| !blocked.contains(p))
+                .unzip();
+            (partitions, after) = (kept, cursors);
         }
         if partitions.is_empty() || request.per_partition == 0 {
             return Ok(Vec::new());
@@ -423,6 +431,7 @@ where
         let rows = sqlx::query(sql(&shared.queries.fetch))
             .bind(partitions)
             .bind(limit)
+            .bind(after)
             .fetch_all(&shared.pool)
             .await?;
 

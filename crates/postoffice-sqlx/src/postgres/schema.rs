@@ -259,14 +259,22 @@ impl Queries {
         // A data-modifying CTE runs once whether or not the outer query reads
         // it, so the insert and the notification are one statement.
         let insert_notify = format!("with inserted as ({insert}) select pg_notify($5, '')");
+        // One bounded scan of the pending index per partition, starting above
+        // the partition's cursor. The bounds are written as a row comparison
+        // and a range, and the order as (partition, id), so that only the
+        // `(partition, id) where delivered_at is null` index fits: with
+        // `partition = p` the planner may walk the primary key instead and
+        // filter, reading every other partition's rows (and every dead
+        // entry) on the way.
         let fetch = format!(
             "select m.id, m.partition, m.partition_key, m.headers::text, m.payload::text, \
              m.attempts, m.created_at, m.next_attempt_at \
-             from unnest($1::int4[]) as p(partition) cross join lateral ( \
+             from unnest($1::int4[], $3::int8[]) as p(partition, after) cross join lateral ( \
              select o.id, o.partition, o.partition_key, o.headers, o.payload, o.attempts, \
              o.created_at, o.next_attempt_at from {outbox} as o \
-             where o.partition = p.partition and o.delivered_at is null \
-             order by o.id limit $2) as m \
+             where (o.partition, o.id) > (p.partition, p.after) \
+             and o.partition <= p.partition and o.delivered_at is null \
+             order by o.partition, o.id limit $2) as m \
              order by m.partition, m.id"
         );
         let dead_letter = format!(
