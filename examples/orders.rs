@@ -13,7 +13,14 @@
 //!
 //! ```text
 //! cargo run -p postoffice-examples --example orders
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test \
+//!   AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f \
+//!   cargo run -p postoffice-examples --features amqp --example orders
+//! KAFKA_BROKERS=127.0.0.1:9092 cargo run -p postoffice-examples --features kafka --example orders
 //! ```
+//!
+//! It exits with an error when the transport did not confirm exactly the
+//! three committed events.
 
 use std::time::Duration;
 
@@ -277,17 +284,100 @@ mod transports {
     use postoffice::transport::InMemory;
     use postoffice::{BoxError, EncodedMessage};
     use tower::util::BoxCloneSyncService;
+    use tower::{Layer, Service, ServiceExt};
 
-    /// The transport chosen by the environment, recording into `received`
-    /// every message it confirmed.
-    pub(crate) async fn tap(
-        received: InMemory<EncodedMessage>,
-    ) -> anyhow::Result<BoxCloneSyncService<EncodedMessage, (), BoxError>> {
-        println!("transport: in memory");
+    type Sender = BoxCloneSyncService<EncodedMessage, (), BoxError>;
+
+    /// The transport chosen by the environment (`AMQP_URL`, `KAFKA_BROKERS`,
+    /// or neither for the in-memory one), recording into `received` every
+    /// message it confirmed.
+    pub(crate) async fn tap(received: InMemory<EncodedMessage>) -> anyhow::Result<Sender> {
+        if let Ok(url) = std::env::var("AMQP_URL") {
+            return rabbitmq(&url, received).await;
+        }
+        if let Ok(brokers) = std::env::var("KAFKA_BROKERS") {
+            return kafka(&brokers, received).await;
+        }
+        println!("transport: in memory (set AMQP_URL or KAFKA_BROKERS for a broker)");
         Ok(BoxCloneSyncService::new(
             tower::util::MapErrLayer::new(BoxError::from).layer(received),
         ))
     }
 
-    use tower::Layer;
+    /// Sends through `inner`, then records what it confirmed.
+    fn recording<S>(inner: S, received: InMemory<EncodedMessage>) -> Sender
+    where
+        S: Service<EncodedMessage> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send,
+    {
+        BoxCloneSyncService::new(tower::service_fn(move |message: EncodedMessage| {
+            let (inner, received) = (inner.clone(), received.clone());
+            async move {
+                inner.oneshot(message.clone()).await.map_err(Into::into)?;
+                received.oneshot(message).await.map_err(BoxError::from)
+            }
+        }))
+    }
+
+    #[cfg(feature = "amqp")]
+    async fn rabbitmq(url: &str, received: InMemory<EncodedMessage>) -> anyhow::Result<Sender> {
+        use postoffice::transport::RabbitMq;
+        use postoffice::transport::amqp::lapin::{self, options::QueueDeclareOptions};
+
+        const QUEUE: &str = "postoffice_orders_example";
+        println!("transport: RabbitMQ at {url}, queue {QUEUE}");
+        // The default exchange routes by queue name; make sure the queue is there.
+        let connection =
+            lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(QUEUE.into(), options, Default::default())
+            .await?;
+        connection.close(200, "declared".into()).await?;
+
+        let rabbit = RabbitMq::builder(url).routing_key(QUEUE).connect().await?;
+        Ok(recording(rabbit, received))
+    }
+
+    #[cfg(not(feature = "amqp"))]
+    async fn rabbitmq(_: &str, _: InMemory<EncodedMessage>) -> anyhow::Result<Sender> {
+        anyhow::bail!(
+            "AMQP_URL is set but the example was built without RabbitMQ: add --features amqp"
+        )
+    }
+
+    #[cfg(feature = "kafka")]
+    async fn kafka(brokers: &str, received: InMemory<EncodedMessage>) -> anyhow::Result<Sender> {
+        use postoffice::transport::Kafka;
+        use postoffice::transport::kafka::rdkafka::ClientConfig;
+        use postoffice::transport::kafka::rdkafka::admin::{
+            AdminClient, AdminOptions, NewTopic, TopicReplication,
+        };
+        use postoffice::transport::kafka::rdkafka::client::DefaultClientContext;
+
+        const TOPIC: &str = "postoffice-orders-example";
+        println!("transport: Kafka at {brokers}, topic {TOPIC}");
+        // Some brokers do not create topics on first use; create it (an
+        // "already exists" answer is fine).
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()?;
+        let topic = NewTopic::new(TOPIC, 3, TopicReplication::Fixed(1));
+        admin.create_topics([&topic], &AdminOptions::new()).await?;
+
+        let kafka = Kafka::builder(brokers).topic(TOPIC).build()?;
+        Ok(recording(kafka, received))
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    async fn kafka(_: &str, _: InMemory<EncodedMessage>) -> anyhow::Result<Sender> {
+        anyhow::bail!(
+            "KAFKA_BROKERS is set but the example was built without Kafka: add --features kafka"
+        )
+    }
 }

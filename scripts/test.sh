@@ -17,4 +17,10 @@ step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "docs" env RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 step "tests" cargo test --workspace --all-features
+# The main example end to end: on the embedded default (SQLite, in-memory
+# transport) as the README runs it, then on each server.
+example() { env -u DATABASE_URL -u AMQP_URL -u KAFKA_BROKERS "$@" cargo run -q -p postoffice-examples --all-features --example orders; }
+step "example, embedded default" example
+step "example, Postgres and RabbitMQ" example DATABASE_URL="$DATABASE_URL" AMQP_URL="$AMQP_URL"
+step "example, Kafka" example KAFKA_BROKERS="$KAFKA_BROKERS"
 step "dependency policy" cargo deny --all-features check bans licenses sources
