@@ -472,3 +472,76 @@ async fn read_ahead_keeps_order_through_failures_and_permanent_refusals() {
     got.insert(refused, stand_in);
     assert_no_gaps(&got, 8, 60);
 }
+
+/// A poller whose answers take a few milliseconds, like a database's.
+#[derive(Clone)]
+struct Slow<S>(S);
+
+impl<S, R> tower::Service<R> for Slow<S>
+where
+    S: tower::Service<R, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        let answer = self.0.call(request);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            answer.await
+        })
+    }
+}
+
+/// A batch read ahead must be dropped when the batch before it fails, even
+/// when the failed partition's backoff is over before the read comes back
+/// (found by the fault-injection suite's flaky-transport scenario).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_read_ahead_is_dropped_when_the_batch_before_it_fails() {
+    let store = InMemoryOutbox::with_partitions(4);
+    publish(&store, 8, 100).await;
+
+    let received: InMemory<Msg> = InMemory::default();
+    let sink = received.clone();
+    let transport = tower::service_fn(move |message: Msg| {
+        let sink = sink.clone();
+        async move {
+            if rand::rng().random_range(0..100) < 20 {
+                return Err::<(), BoxError>(SendError::retryable("flaky").into());
+            }
+            sink.oneshot(message).await.map_err(BoxError::from)
+        }
+    });
+    let token = CancellationToken::new();
+    let producer = Producer::new(
+        Slow(store.poller::<Headers, String>()),
+        Transport::new(transport),
+    )
+    .batch_size(10)
+    .in_flight_per_partition(4)
+    .backoff(Backoff::new(
+        Duration::from_micros(100),
+        Duration::from_micros(200),
+    ));
+    let relay = tokio::spawn(producer.run(token.clone()));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while store.pending() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    token.cancel();
+    relay.await.expect("join").expect("run");
+
+    assert_eq!(store.pending(), 0);
+    assert_no_gaps(&received.messages(), 8, 100);
+}

@@ -1,7 +1,7 @@
 //! The relay loop: [`Producer`] reads committed messages from a poller and hands
 //! them to a transport, partition by partition.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -235,9 +235,13 @@ struct Fetching<H, P> {
     future: BoxFuture<'static, Result<Vec<Message<H, P>>, BoxError>>,
     started: Instant,
     /// Partitions read above a cursor: the cursor and the start of the
-    /// partition's read-ahead streak. Dropped when the partition's batch
-    /// ends unclean, so that what comes back is discarded.
+    /// partition's read-ahead streak. Moved to `discard` when the
+    /// partition's batch ends unclean.
     cursors: HashMap<u32, (MessageId, Instant)>,
+    /// Partitions read above a cursor whose batch below it ended unclean:
+    /// what comes back for them skips unsent messages and is dropped, even
+    /// if the partition is idle again by then.
+    discard: HashSet<u32>,
 }
 
 /// A failed send: the message and its error.
@@ -422,6 +426,7 @@ where
             future: call(self.poller.clone(), request).boxed(),
             started: now,
             cursors,
+            discard: HashSet::new(),
         }
     }
 
@@ -436,9 +441,15 @@ where
             "fetched"
         );
         let Fetching {
-            started, cursors, ..
+            started,
+            cursors,
+            discard,
+            ..
         } = done;
         for (partition, batch) in by_partition(messages) {
+            if discard.contains(&partition) {
+                continue;
+            }
             match (cursors.get(&partition), self.busy.get_mut(&partition)) {
                 // Read ahead while the batch before is still being sent.
                 (Some((after, _)), Some(busy)) => {
@@ -523,8 +534,10 @@ where
         if !outcome.clean {
             // What a running fetch reads above this batch must wait for the
             // rest of it: drop it when it comes.
-            if let Some(fetching) = fetching {
-                fetching.cursors.remove(&partition);
+            if let Some(fetching) = fetching
+                && fetching.cursors.remove(&partition).is_some()
+            {
+                fetching.discard.insert(partition);
             }
             return;
         }
