@@ -98,7 +98,9 @@ pub fn is_permanent(error: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-/// Renders an error with its source chain on one line, for storing as a reason.
+/// Renders an error with its source chain on one line, for logs and for
+/// storing as a reason. NUL characters, which Postgres text refuses, become
+/// U+FFFD.
 pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
     let mut next = error.source();
@@ -106,6 +108,9 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
         text.push_str(": ");
         text.push_str(&current.to_string());
         next = current.source();
+    }
+    if text.contains('\0') {
+        text = text.replace('\0', "\u{fffd}");
     }
     text
 }

@@ -545,3 +545,88 @@ async fn a_batch_read_ahead_is_dropped_when_the_batch_before_it_fails() {
     assert_eq!(store.pending(), 0);
     assert_no_gaps(&received.messages(), 8, 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_starts_no_new_sends() {
+    let store = InMemoryOutbox::with_partitions(1);
+    publish(&store, 1, 50).await;
+
+    let started = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&started);
+    let transport = tower::service_fn(move |_: Msg| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<(), BoxError>(())
+        }
+    });
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(transport))
+        .batch_size(50)
+        .shutdown_grace(Duration::from_secs(10));
+    let relay = tokio::spawn(producer.run(token.clone()));
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    token.cancel();
+    let at_cancel = started.load(Ordering::SeqCst);
+    relay.await.expect("join").expect("run");
+
+    let total = started.load(Ordering::SeqCst);
+    assert!(
+        total <= at_cancel + 1,
+        "{at_cancel} sends at cancel, {total} at the end"
+    );
+    assert_eq!(store.pending() as usize, 50 - store.delivered() as usize);
+    assert!(store.pending() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_transport_fails_one_message_for_good() {
+    let store = InMemoryOutbox::default();
+    publish(&store, 2, 3).await;
+    let received: InMemory<Msg> = InMemory::default();
+    let sink = received.clone();
+    let transport = tower::service_fn(move |message: Msg| {
+        let sink = sink.clone();
+        async move {
+            if message.headers.key == "key-1" && message.headers.seq == 1 {
+                panic!("user code broke on this message");
+            }
+            sink.oneshot(message).await.map_err(BoxError::from)
+        }
+    });
+    let token = CancellationToken::new();
+    let producer = Producer::new(store.poller::<Headers, String>(), Transport::new(transport));
+    let relay = tokio::spawn(producer.run(token.clone()));
+    received
+        .wait_for(5, Duration::from_secs(10))
+        .await
+        .expect("the rest arrives");
+    token.cancel();
+    relay.await.expect("join").expect("run");
+
+    let dead = store.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].reason.contains("panicked"), "{}", dead[0].reason);
+}
+
+#[tokio::test]
+async fn an_endless_grace_does_not_overflow() {
+    let store = InMemoryOutbox::default();
+    let token = CancellationToken::new();
+    token.cancel();
+    let received: InMemory<Msg> = InMemory::default();
+    Producer::new(store.poller::<Headers, String>(), Transport::new(received))
+        .shutdown_grace(Duration::MAX)
+        .backoff(Backoff::new(Duration::from_millis(1), Duration::MAX))
+        .run(token)
+        .await
+        .expect("run");
+}
+
+#[test]
+fn reasons_never_hold_nul() {
+    let error = SendError::retryable("broker said \0 no");
+    let text = postoffice_core::error_chain(&error);
+    assert!(!text.contains('\0'));
+    assert!(text.contains("broker said \u{fffd} no"));
+}

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,7 +23,9 @@ mod ack;
 
 use crate::poller::{Complete, DeadLetter, Fail, Fetch, Poller, WaitForWork};
 use crate::retry::Backoff;
-use crate::{BoxError, Message, MessageId, ProducerError, Transport, error_chain, is_permanent};
+use crate::{
+    BoxError, Message, MessageId, ProducerError, SendError, Transport, error_chain, is_permanent,
+};
 use ack::Acker;
 
 /// Settings of a [`Producer`]; every setter on the producer documents its default.
@@ -292,6 +295,7 @@ where
             busy: HashMap::new(),
             blocked: HashMap::new(),
             jobs: FuturesUnordered::new(),
+            stop: token.clone(),
         };
         let mut fetching: Option<Fetching<H, P>> = None;
         // When to start the next fetch; `None` waits for work first.
@@ -344,15 +348,15 @@ where
                                 .delay(poller_failures)
                                 .min(MAX_POLLER_BACKOFF);
                             poller_failures = poller_failures.saturating_add(1);
-                            tracing::warn!(%error, ?delay, "fetching pending messages failed");
-                            fetch_at = Some(Instant::now() + delay);
+                            tracing::warn!(error = %error_chain(error.as_ref()), ?delay, "fetching pending messages failed");
+                            fetch_at = Some(after(delay));
                         }
                     }
                 }
                 () = backoff, if idle && fetch_at.is_some() => {}
                 woke = wait, if idle && fetch_at.is_none() => {
                     if let Err(error) = woke {
-                        tracing::warn!(%error, "waiting for new messages failed");
+                        tracing::warn!(error = %error_chain(error.as_ref()), "waiting for new messages failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                     fetch_at = Some(Instant::now());
@@ -368,7 +372,7 @@ where
             ..
         } = relay;
         let busy = busy.into_iter().map(|(p, b)| (p, b.confirmed)).collect();
-        let deadline = Instant::now() + config.shutdown_grace;
+        let deadline = after(config.shutdown_grace);
         shutdown(poller, jobs, busy, deadline).await;
         drop(acker);
         if tokio::time::timeout_at(deadline, &mut ack_task)
@@ -393,6 +397,8 @@ struct Relay<Po, T, H, P> {
     /// Partitions backing off after a failure, until the given time.
     blocked: HashMap<u32, Instant>,
     jobs: FuturesUnordered<BoxFuture<'static, Outcome>>,
+    /// Cancelled when the relay stops: partitions start no new sends.
+    stop: CancellationToken,
 }
 
 impl<Po, T, H, P> Relay<Po, T, H, P>
@@ -516,6 +522,7 @@ where
             partition,
             batch,
             confirmed,
+            self.stop.clone(),
         );
         let span = tracing::debug_span!("partition", partition);
         self.jobs.push(job.instrument(span).boxed());
@@ -600,7 +607,7 @@ fn not_due<H, P>(batch: &[Message<H, P>]) -> Option<Instant> {
         .to_std()
         .ok()
         .filter(|wait| !wait.is_zero())?;
-    Some(Instant::now() + wait)
+    Some(after(wait))
 }
 
 fn take(confirmed: &Confirmed) -> Vec<MessageId> {
@@ -617,12 +624,14 @@ async fn serve_partition<Po, T, H, P>(
     partition: u32,
     batch: Vec<Message<H, P>>,
     confirmed: Confirmed,
+    stop: CancellationToken,
 ) -> Outcome
 where
     Po: Poller<H, P>,
     T: Sender<H, P>,
 {
-    let failure = send_in_order(transport, batch, config.in_flight_per_partition, &confirmed).await;
+    let window = config.in_flight_per_partition;
+    let failure = send_in_order(transport, batch, window, &confirmed, &stop).await;
 
     let ids = take(&confirmed);
     let mut removed = true;
@@ -657,6 +666,7 @@ async fn send_in_order<T, H, P>(
     batch: Vec<Message<H, P>>,
     window: usize,
     confirmed: &Confirmed,
+    stop: &CancellationToken,
 ) -> Option<Failure>
 where
     T: Sender<H, P>,
@@ -666,7 +676,8 @@ where
         FuturesOrdered::new();
     let mut stopped = false;
     loop {
-        while !stopped && in_flight.len() < window {
+        // After cancellation, sends already started finish; no new one starts.
+        while !stopped && !stop.is_cancelled() && in_flight.len() < window {
             let Some(message) = queue.next() else { break };
             let (id, attempts) = (message.id, message.attempts);
             let age = (Utc::now() - message.created_at)
@@ -674,10 +685,16 @@ where
                 .unwrap_or_default();
             metrics::histogram!(METRIC_COMMIT_TO_SEND).record(age.as_secs_f64());
             let send = match ServiceExt::<Message<H, P>>::ready(&mut transport).await {
-                Ok(ready) => confirm(id, attempts, ready.call(message)).boxed(),
+                Ok(ready) => match catch_unwind(AssertUnwindSafe(|| ready.call(message))) {
+                    Ok(sending) => confirm(id, attempts, sending).boxed(),
+                    Err(panic) => {
+                        stopped = true;
+                        ready_failure(id, attempts, panicked(panic.as_ref()))
+                    }
+                },
                 Err(error) => {
                     stopped = true;
-                    ready((id, attempts, Err(error))).boxed()
+                    ready_failure(id, attempts, error)
                 }
             };
             in_flight.push_back(send);
@@ -704,12 +721,45 @@ where
 
 type Sent<R> = (MessageId, u32, Result<R, BoxError>);
 
+/// Awaits a send; a panic inside the transport fails this message for good
+/// instead of ending the relay.
 async fn confirm<F, R>(id: MessageId, attempts: u32, send: F) -> Sent<R>
 where
     F: std::future::Future<Output = Result<R, BoxError>>,
 {
-    (id, attempts, send.await)
+    match AssertUnwindSafe(send).catch_unwind().await {
+        Ok(result) => (id, attempts, result),
+        Err(panic) => (id, attempts, Err(panicked(panic.as_ref()))),
+    }
 }
+
+fn ready_failure<R: Send + 'static>(
+    id: MessageId,
+    attempts: u32,
+    error: BoxError,
+) -> BoxFuture<'static, Sent<R>> {
+    ready((id, attempts, Err(error))).boxed()
+}
+
+/// A permanent error for a transport that panicked on a message.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> BoxError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-text panic".to_owned());
+    SendError::permanent(format!("the transport panicked: {text}")).into()
+}
+
+/// `Instant::now() + wait`, saturating far in the future instead of
+/// overflowing.
+fn after(wait: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(wait).unwrap_or_else(|| now + FAR_FUTURE)
+}
+
+/// What "never" means for deadlines: ten years.
+const FAR_FUTURE: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Dead-letters a permanent failure (or one past the attempt limit), or counts
 /// the attempt and returns when the partition may try again.
@@ -735,8 +785,8 @@ where
                 return None;
             }
             Err(error) => {
-                tracing::warn!(message_id = %id, %error, "setting the message aside failed");
-                return Some(Instant::now() + config.backoff.delay(attempts));
+                tracing::warn!(message_id = %id, error = %error_chain(error.as_ref()), "setting the message aside failed");
+                return Some(after(config.backoff.delay(attempts)));
             }
         }
     }
@@ -744,11 +794,12 @@ where
     let delay = config.backoff.delay(attempts);
     metrics::counter!(METRIC_RETRIED).increment(1);
     tracing::warn!(message_id = %id, attempt, ?delay, error = %reason, "send failed, partition paused");
-    let next_attempt_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+    let next_attempt_at = Utc::now()
+        + chrono::Duration::from_std(delay.min(FAR_FUTURE)).unwrap_or(chrono::Duration::MAX);
     if let Err(error) = call(poller.clone(), Fail::new(id, reason, next_attempt_at)).await {
-        tracing::warn!(message_id = %id, %error, "recording the failed attempt failed");
+        tracing::warn!(message_id = %id, error = %error_chain(error.as_ref()), "recording the failed attempt failed");
     }
-    Some(Instant::now() + delay)
+    Some(after(delay))
 }
 
 /// Waits for in-flight partitions within the grace, then abandons the rest,
@@ -788,7 +839,9 @@ async fn shutdown<Po, H, P>(
     let complete = call(poller, Complete::new(ids));
     match tokio::time::timeout_at(deadline, complete).await {
         Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::warn!(%error, "removing confirmed messages at shutdown failed"),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error_chain(error.as_ref()), "removing confirmed messages at shutdown failed")
+        }
         Err(_) => tracing::warn!("removing confirmed messages at shutdown timed out"),
     }
 }
