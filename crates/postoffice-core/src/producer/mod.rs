@@ -514,16 +514,14 @@ where
                 next: None,
             },
         );
-        let job = serve_partition(
-            self.poller.clone(),
-            self.acker.clone(),
-            self.transport.clone(),
-            self.config.clone(),
-            partition,
-            batch,
-            confirmed,
-            self.stop.clone(),
-        );
+        let crew = Crew {
+            poller: self.poller.clone(),
+            acker: self.acker.clone(),
+            transport: self.transport.clone(),
+            config: self.config.clone(),
+            stop: self.stop.clone(),
+        };
+        let job = serve_partition(crew, partition, batch, confirmed);
         let span = tracing::debug_span!("partition", partition);
         self.jobs.push(job.instrument(span).boxed());
     }
@@ -614,22 +612,35 @@ fn take(confirmed: &Confirmed) -> Vec<MessageId> {
     std::mem::take(&mut *confirmed.lock().unwrap_or_else(PoisonError::into_inner))
 }
 
-/// Sends one partition's batch in order, removes the confirmed prefix and
-/// records the failure that stopped it, if any.
-async fn serve_partition<Po, T, H, P>(
+/// What a partition's sender works with.
+struct Crew<Po, T> {
     poller: Po,
     acker: Acker,
     transport: Transport<T>,
     config: Config,
+    /// Cancelled when the relay stops.
+    stop: CancellationToken,
+}
+
+/// Sends one partition's batch in order, removes the confirmed prefix and
+/// records the failure that stopped it, if any.
+async fn serve_partition<Po, T, H, P>(
+    crew: Crew<Po, T>,
     partition: u32,
     batch: Vec<Message<H, P>>,
     confirmed: Confirmed,
-    stop: CancellationToken,
 ) -> Outcome
 where
     Po: Poller<H, P>,
     T: Sender<H, P>,
 {
+    let Crew {
+        poller,
+        acker,
+        transport,
+        config,
+        stop,
+    } = crew;
     let window = config.in_flight_per_partition;
     let failure = send_in_order(transport, batch, window, &confirmed, &stop).await;
 
