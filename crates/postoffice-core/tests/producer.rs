@@ -575,7 +575,7 @@ async fn cancelling_starts_no_new_sends() {
         total <= at_cancel + 1,
         "{at_cancel} sends at cancel, {total} at the end"
     );
-    assert_eq!(store.pending() as usize, 50 - store.delivered() as usize);
+    assert_eq!(store.pending(), 50 - store.delivered() as usize);
     assert!(store.pending() > 0);
 }
 
