@@ -104,10 +104,14 @@ impl KafkaBuilder {
     /// The deadline is kept by this service, not by librdkafka: the producer
     /// runs with `message.timeout.ms=0` (no local expiry), so librdkafka keeps
     /// retrying a late record in order and never drops it from the middle of
-    /// a partition. A record that timed out here may therefore still arrive,
-    /// and its retry arrives after it: a duplicate, never a gap or a
-    /// reordering. Setting `message.timeout.ms` with [`set`](Self::set) gives
-    /// that expiry back to librdkafka and loses this property.
+    /// a partition. A record that timed out here may therefore still arrive.
+    /// A retry while librdkafka still holds the record waits for that record
+    /// with a fresh deadline instead of queueing a copy, so a long outage
+    /// queues one record per message, not one per attempt; a retry after
+    /// the record was delivered sends a copy, which arrives after it: a
+    /// duplicate, never a gap or a reordering. Setting `message.timeout.ms`
+    /// with [`set`](Self::set) gives that expiry back to librdkafka and loses
+    /// this property.
     ///
     /// [`ProduceError::Timeout`]: crate::ProduceError::Timeout
     pub fn message_timeout(mut self, timeout: Duration) -> Self {

@@ -34,10 +34,21 @@ pub enum ProduceError {
         #[source]
         source: KafkaError,
     },
-    /// No delivery report arrived within the message timeout. The record may
-    /// still reach Kafka later, so the retry may produce a duplicate.
-    #[error("no delivery report within {waited:?}")]
+    /// No delivery report arrived within the message timeout: the broker is
+    /// slow or unreachable, or the topic does not exist (yet).
+    ///
+    /// librdkafka keeps the record queued and may still deliver it. A retry
+    /// of the same message while the record is queued waits for that record
+    /// instead of queueing a copy; a retry after its report arrived (the
+    /// relay had given up on it) sends a copy, a duplicate for consumers.
+    #[error(
+        "no delivery report for topic {topic} within {waited:?} (is the broker up and does the \
+         topic exist?); the record stays queued in librdkafka and a retry waits for it instead \
+         of sending a copy"
+    )]
     Timeout {
+        /// The topic the message was meant for.
+        topic: String,
         /// The message timeout.
         waited: Duration,
     },

@@ -6,16 +6,21 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use pin_project::pin_project;
 use postoffice_core::{MessageId, SendError};
-use rdkafka::producer::DeliveryFuture;
 use tokio::time::Sleep;
 
+use crate::queued::{Failure, SharedDelivery};
 use crate::{Delivered, ProduceError};
 
 /// Resolves when librdkafka reports on the message: `Ok` once the broker
 /// stored it with `acks=all`, or the classified failure; a retryable
 /// [`ProduceError::Timeout`] when no report came within the message timeout.
+///
+/// When the call was a retry of a record librdkafka still held, the future
+/// waits for that record's report (with a deadline of its own) instead of a
+/// new copy's.
 #[pin_project]
 pub struct ResponseFuture {
     #[pin]
@@ -25,8 +30,7 @@ pub struct ResponseFuture {
 #[pin_project(project = StateProj)]
 enum State {
     Delivering {
-        #[pin]
-        delivery: DeliveryFuture,
+        delivery: SharedDelivery,
         #[pin]
         deadline: Sleep,
         timeout: Duration,
@@ -38,7 +42,7 @@ enum State {
 
 impl ResponseFuture {
     pub(crate) fn delivering(
-        delivery: DeliveryFuture,
+        delivery: SharedDelivery,
         timeout: Duration,
         id: MessageId,
         topic: String,
@@ -91,7 +95,8 @@ impl Future for ResponseFuture {
     type Output = Result<Delivered, SendError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
+        let mut state = self.project().state;
+        let outcome = match state.as_mut().project() {
             StateProj::Delivering {
                 delivery,
                 deadline,
@@ -99,39 +104,44 @@ impl Future for ResponseFuture {
                 id,
                 topic,
             } => {
-                let Poll::Ready(report) = delivery.poll(cx) else {
+                let Poll::Ready(report) = delivery.poll_unpin(cx) else {
                     return match deadline.poll(cx) {
                         Poll::Ready(()) => {
+                            let topic = std::mem::take(topic);
                             let waited = *timeout;
-                            Poll::Ready(Err(classify(ProduceError::Timeout { waited })))
+                            let error = classify(ProduceError::Timeout { topic, waited });
+                            state.set(State::Failed(None));
+                            Poll::Ready(Err(error))
                         }
                         Poll::Pending => Poll::Pending,
                     };
                 };
-                Poll::Ready(match report {
-                    Ok(Ok(delivery)) => {
+                match report {
+                    Ok(delivered) => {
                         tracing::trace!(
                             message_id = %id,
                             topic = %topic,
-                            kafka_partition = delivery.partition,
-                            offset = delivery.offset,
+                            kafka_partition = delivered.partition,
+                            offset = delivered.offset,
                             "message delivered"
                         );
-                        Ok(Delivered {
-                            partition: delivery.partition,
-                            offset: delivery.offset,
-                        })
+                        Ok(delivered)
                     }
-                    Ok(Err((source, _message))) => {
+                    Err(Failure::Kafka(source)) => {
                         let topic = std::mem::take(topic);
                         Err(classify(ProduceError::Delivery { topic, source }))
                     }
-                    Err(_canceled) => Err(classify(ProduceError::Canceled)),
-                })
+                    Err(Failure::Canceled) => Err(classify(ProduceError::Canceled)),
+                }
             }
-            StateProj::Failed(error) => Poll::Ready(Err(error.take().unwrap_or_else(|| {
-                SendError::retryable("response future polled after completion")
-            }))),
-        }
+            StateProj::Failed(error) => {
+                return Poll::Ready(Err(error.take().unwrap_or_else(|| {
+                    SendError::retryable("response future polled after completion")
+                })));
+            }
+        };
+        // A shared delivery must not be polled again once it finished.
+        state.set(State::Failed(None));
+        Poll::Ready(outcome)
     }
 }

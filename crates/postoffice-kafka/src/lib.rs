@@ -36,12 +36,32 @@
 //!
 //! librdkafka never expires a record here (`message.timeout.ms=0`); the
 //! service keeps the [message timeout](KafkaBuilder::message_timeout) itself.
-//! When a broker stalls, the sends fail as retryable at their deadline while
-//! librdkafka keeps the records and delivers them, in order, once the broker
-//! answers again; the relay's retries then arrive as duplicates with the same
-//! `message-id`, never as gaps. A message too large for `message.max.bytes`
-//! (or refused as too large by the broker) fails as permanent and goes to the
-//! dead letters while the other messages keep flowing.
+//! When a broker stalls or a topic does not exist yet, the sends fail as
+//! retryable at their deadline while librdkafka keeps the records and
+//! delivers them, in order, once the broker answers or the topic appears.
+//!
+//! The relay's retries do not pile up copies meanwhile: the service remembers
+//! each record librdkafka still holds (by outbox id and a hash of topic, key,
+//! headers and body), and a send of the same message while that record is
+//! queued waits for its delivery report instead of queueing another copy. So
+//! an outage of any length leaves one record per message in librdkafka's
+//! queue, and the map holds no more entries than that queue (an entry goes
+//! away when its report arrives). A copy is still sent when a retry comes
+//! after the report arrived but before the relay saw it (the send waiting for
+//! it had timed out): consumers may see a message twice, with the same
+//! `message-id`, never a gap.
+//!
+//! Waiting for the queued record also keeps key order. The relay sends a
+//! partition's messages in id order, so their first records were queued in
+//! that order, and a retry that attaches to one keeps its place in the queue
+//! instead of moving the message behind later ones. A new copy is queued only
+//! for a message whose earlier record already has its report; when that
+//! report was a delivery, the message's first arrival is already in place, so
+//! the first arrival of every message in Kafka stays in publish order per key.
+//!
+//! A message too large for `message.max.bytes` (or refused as too large by
+//! the broker) fails as permanent and goes to the dead letters while the
+//! other messages keep flowing.
 //!
 //! After a fatal librdkafka error (reported as `Fatal` in the delivery
 //! error), the producer instance cannot send again: every send then fails as
@@ -68,6 +88,7 @@
 mod builder;
 mod error;
 pub mod future;
+mod queued;
 mod service;
 
 pub use builder::KafkaBuilder;

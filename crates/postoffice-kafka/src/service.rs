@@ -1,5 +1,6 @@
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tower_service::Service;
 
 use crate::builder::{KafkaBuilder, Topic};
 use crate::future::{ResponseFuture, classify};
+use crate::queued::{Fingerprint, Queued, RecordKey};
 use crate::{KafkaTransportError, ProduceError};
 
 /// How often `poll_ready` looks again while the local queue is full.
@@ -38,7 +40,9 @@ pub struct Delivered {
 ///
 /// Each call queues one record at once, in call order, and its future resolves
 /// on the delivery report, so a message counts as sent only once the broker
-/// stored it with `acks=all`. The record's key is the message's partition key,
+/// stored it with `acks=all`. A call for a message whose earlier record
+/// librdkafka still holds (its send timed out) queues nothing and waits for
+/// that record's report instead; see the [crate docs](crate#delivery-order-and-failures). The record's key is the message's partition key,
 /// so Kafka's partitioner keeps all messages of one key in one Kafka partition,
 /// and the idempotent producer keeps them in order there. Headers on each
 /// record:
@@ -83,6 +87,7 @@ pub struct Delivered {
 /// ```
 pub struct Kafka {
     producer: FutureProducer,
+    queued: Arc<Queued>,
     topic: Topic,
     limits: Limits,
     waiting: Option<Waiting>,
@@ -109,6 +114,7 @@ impl Clone for Kafka {
     fn clone(&self) -> Self {
         Self {
             producer: self.producer.clone(),
+            queued: Arc::clone(&self.queued),
             topic: self.topic.clone(),
             limits: self.limits,
             waiting: None,
@@ -121,6 +127,7 @@ impl fmt::Debug for Kafka {
         f.debug_struct("Kafka")
             .field("topic", &self.topic)
             .field("queued", &self.producer.in_flight_count())
+            .field("tracked", &self.queued.len())
             .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
@@ -136,6 +143,7 @@ impl Kafka {
     pub(crate) fn from_parts(producer: FutureProducer, topic: Topic, limits: Limits) -> Self {
         Self {
             producer,
+            queued: Arc::default(),
             topic,
             limits,
             waiting: None,
@@ -189,28 +197,25 @@ impl Kafka {
     }
 }
 
-fn headers(message: &EncodedMessage) -> OwnedHeaders {
-    let id = message.id().to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(2 + message.attributes.len())
-        .insert(Header {
-            key: MESSAGE_ID_HEADER,
-            value: Some(id.as_str()),
+/// The record's headers, added to `fingerprint` as well.
+fn headers(message: &EncodedMessage, fingerprint: &mut Fingerprint) -> OwnedHeaders {
+    let mut add = |headers: OwnedHeaders, key: &str, value: &str| {
+        fingerprint.add(key.as_bytes());
+        fingerprint.add(value.as_bytes());
+        headers.insert(Header {
+            key,
+            value: Some(value),
         })
-        .insert(Header {
-            key: CONTENT_TYPE_HEADER,
-            value: Some(message.content_type.as_str()),
-        });
+    };
+    let id = message.id().to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(2 + message.attributes.len());
+    headers = add(headers, MESSAGE_ID_HEADER, &id);
+    headers = add(headers, CONTENT_TYPE_HEADER, &message.content_type);
     for (name, value) in message.scalar_headers() {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value.as_str()),
-        });
+        headers = add(headers, name, &value);
     }
     for (name, value) in &message.attributes {
-        headers = headers.insert(Header {
-            key: name,
-            value: Some(value.as_str()),
-        });
+        headers = add(headers, name, value);
     }
     headers
 }
@@ -246,21 +251,40 @@ impl Service<EncodedMessage> for Kafka {
     }
 
     /// Queues the record now, so records are queued in call order.
+    ///
+    /// When librdkafka still holds a record this service queued for the same
+    /// message (same id, topic, key, headers and body), typically because an
+    /// earlier send of it timed out, nothing is queued: the returned future
+    /// waits for that record's delivery report, with a fresh deadline.
     fn call(&mut self, message: EncodedMessage) -> Self::Future {
         let topic = self.topic.of(&message);
+        let key = message.meta.partition_key.as_slice();
+        let mut fingerprint = Fingerprint::default();
+        fingerprint.add(topic.as_bytes());
+        fingerprint.add(key);
+        fingerprint.add(&message.body);
+        let headers = headers(&message, &mut fingerprint);
+        let record_key = RecordKey::new(message.id(), fingerprint.finish());
+        let timeout = self.limits.message_timeout;
+
+        if let Some(delivery) = self.queued.get(&record_key) {
+            tracing::debug!(
+                message_id = %message.id(),
+                %topic,
+                "record still queued in librdkafka, waiting for its report instead of sending a copy"
+            );
+            return ResponseFuture::delivering(delivery, timeout, message.id(), topic);
+        }
+
         let record = FutureRecord::to(&topic)
-            .key(message.meta.partition_key.as_slice())
+            .key(key)
             .payload(message.body.as_ref())
-            .headers(headers(&message));
+            .headers(headers);
         match self.producer.send_result(record) {
             Ok(delivery) => {
                 tracing::trace!(message_id = %message.id(), %topic, "message queued");
-                ResponseFuture::delivering(
-                    delivery,
-                    self.limits.message_timeout,
-                    message.id(),
-                    topic,
-                )
+                let delivery = self.queued.track(record_key, delivery);
+                ResponseFuture::delivering(delivery, timeout, message.id(), topic)
             }
             Err((source, _record)) => {
                 ResponseFuture::failed(classify(ProduceError::Enqueue { topic, source }))

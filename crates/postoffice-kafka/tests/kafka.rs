@@ -52,12 +52,17 @@ struct Payload {
 /// first produce.
 async fn create_topic() -> String {
     let topic = random_name("postoffice-test");
+    create_topic_named(&topic).await;
+    topic
+}
+
+async fn create_topic_named(topic: &str) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers())
         .create()
         .unwrap();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let new = NewTopic::new(&topic, PARTITIONS, TopicReplication::Fixed(1));
+    let new = NewTopic::new(topic, PARTITIONS, TopicReplication::Fixed(1));
     let results = admin
         .create_topics([&new], &options)
         .await
@@ -65,7 +70,6 @@ async fn create_topic() -> String {
     for result in results {
         result.unwrap_or_else(|(name, code)| panic!("creating topic {name} failed: {code}"));
     }
-    topic
 }
 
 /// One record read back from Kafka.
@@ -657,4 +661,183 @@ async fn a_full_queue_and_a_missing_report_are_retryable_errors() {
             "{error:?}"
         );
     }
+}
+
+/// A message in the shape the relay sends, for calling the service directly.
+fn encoded(id: i64, body: &str) -> postoffice_core::EncodedMessage {
+    use postoffice_core::{EncodedMessage, Message};
+    let headers = serde_json::json!({ "key": "a" });
+    let message = Message::new(
+        MessageId::new(id),
+        b"a".to_vec(),
+        0,
+        headers.clone(),
+        serde_json::json!({}),
+        0,
+        chrono::Utc::now(),
+        None,
+    );
+    EncodedMessage::new(
+        message.meta(),
+        headers,
+        "application/json",
+        body.as_bytes().to_vec(),
+    )
+}
+
+/// F10: a send that timed out leaves its record in librdkafka (which never
+/// expires it); sending the same message again must wait for that record, not
+/// queue one more copy per retry. Nothing listens on the broker address, so
+/// every record stays queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_of_a_queued_record_waits_for_it_instead_of_queueing_a_copy() {
+    use postoffice_core::is_permanent;
+    use postoffice_kafka::ProduceError;
+    use tower::{Service, ServiceExt};
+
+    let mut kafka = Kafka::builder("127.0.0.1:1")
+        .topic("nowhere")
+        .message_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    for attempt in 0..4 {
+        let send = kafka.ready().await.unwrap().call(encoded(7, "{\"n\":1}"));
+        let error = send.await.unwrap_err();
+        assert!(!is_permanent(&error), "a timeout is retryable");
+        let source = std::error::Error::source(&error).unwrap();
+        assert!(
+            matches!(
+                source.downcast_ref::<ProduceError>(),
+                Some(ProduceError::Timeout { topic, .. }) if topic == "nowhere"
+            ),
+            "{error:?}"
+        );
+        let text = source.to_string();
+        assert!(
+            text.contains("topic nowhere") && text.contains("stays queued"),
+            "the timeout says what is known: {text}"
+        );
+        assert_eq!(kafka.pending(), 1, "attempt {attempt} queued no copy");
+    }
+
+    // Two sends of the message at once share the record too.
+    let first = kafka.ready().await.unwrap().call(encoded(7, "{\"n\":1}"));
+    let second = kafka.ready().await.unwrap().call(encoded(7, "{\"n\":1}"));
+    assert_eq!(kafka.pending(), 1);
+    let (first, second) = tokio::join!(first, second);
+    assert!(first.is_err() && second.is_err());
+
+    // Another message under the same id (another outbox sharing the
+    // producer, or an id handed out again) is a record of its own, and so is
+    // another id.
+    let other_body = kafka.ready().await.unwrap().call(encoded(7, "{\"n\":2}"));
+    assert_eq!(kafka.pending(), 2, "same id, other body: queued");
+    let other_id = kafka.ready().await.unwrap().call(encoded(8, "{\"n\":1}"));
+    assert_eq!(kafka.pending(), 3, "other id: queued");
+    assert!(other_body.await.is_err());
+    assert!(other_id.await.is_err());
+    assert_eq!(kafka.pending(), 3);
+}
+
+/// The number of records in `topic` (sum of the partitions' high watermarks
+/// minus their low ones).
+async fn records_in(topic: &str) -> i64 {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", random_name("postoffice-count"))
+        .create()
+        .unwrap();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        (0..PARTITIONS)
+            .map(|partition| {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+                    .unwrap();
+                high - low
+            })
+            .sum()
+    })
+    .await
+    .unwrap()
+}
+
+/// F10 end to end: the relay keeps retrying a message whose topic does not
+/// exist yet (tansu does not create topics on produce), each send failing at
+/// the 1 s message timeout; when the topic appears, the record that stayed
+/// queued the whole time is delivered and the row removed.
+///
+/// At most two copies may arrive: the record queued first, and one more if
+/// its delivery report came while no send was waiting for it (the last one
+/// had timed out and the next retry was in its backoff); that retry then
+/// finds no queued record and sends a copy to the now existing topic. Before
+/// the fix every retry queued a copy, six or more in this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_while_the_topic_is_missing_deliver_the_message_at_most_twice() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let topic = random_name("postoffice-late");
+    let store = InMemoryOutbox::default();
+    let published = publish(&store, 1, 1, 0).await;
+    let id = published[&("key-00".to_owned(), 0)];
+
+    let kafka = kafka(&topic)
+        .message_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let transport = Transport::new(
+        ServiceBuilder::new()
+            .layer(JsonLayer::new())
+            .map_request(move |message| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                message
+            })
+            .service(kafka.clone()),
+    );
+    let producer = Producer::new(store.poller::<Headers, Payload>(), transport).backoff(
+        Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+    );
+    let token = CancellationToken::new();
+    let relay = tokio::spawn(producer.run(token.clone()));
+
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let sends = calls.load(Ordering::Relaxed);
+    assert!(
+        sends >= 4,
+        "the relay retried while the topic was missing: {sends} sends"
+    );
+    assert_eq!(store.pending(), 1, "nothing could be delivered yet");
+    assert_eq!(
+        kafka.pending(),
+        1,
+        "{sends} sends queued one record in librdkafka"
+    );
+
+    create_topic_named(&topic).await;
+    wait_drained(&store, Duration::from_secs(60)).await;
+    token.cancel();
+    relay.await.unwrap().unwrap();
+    kafka.flush(Duration::from_secs(10)).await.unwrap();
+    assert!(store.dead_letters().is_empty());
+
+    let stored = records_in(&topic).await;
+    // Read until the timeout: every copy, not just the first, is counted.
+    let records = read_back(&topic, 2, Duration::from_secs(5)).await;
+    eprintln!(
+        "missing topic test: {sends} sends before the topic existed, {stored} records stored, {} read",
+        records.len()
+    );
+    assert!(
+        records.iter().all(|record| record.id == id.get()),
+        "{records:?}"
+    );
+    assert_eq!(records.len(), usize::try_from(stored).unwrap());
+    assert!(
+        (1..=2).contains(&records.len()),
+        "{} copies of one message arrived after {sends} sends",
+        records.len()
+    );
 }
