@@ -1,5 +1,7 @@
 //! The error type shared by the sqlx stores.
 
+use postoffice_core::MessageId;
+
 /// Why building a store or poller, or an operation on it, failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -36,4 +38,47 @@ pub enum Error {
         /// The partition count.
         partitions: u32,
     },
+    /// A poller was given an empty set of partitions to own.
+    #[error("a poller must own at least one partition")]
+    NoPartitions,
+    /// The partition count is above [`MAX_PARTITIONS`](crate::MAX_PARTITIONS).
+    #[error("{partitions} partitions is more than the {max} allowed")]
+    TooManyPartitions {
+        /// The partition count asked for.
+        partitions: u32,
+        /// The largest count allowed.
+        max: u32,
+    },
+    /// The outbox holds pending messages in a partition that is not below
+    /// the configured partition count: the table was filled with another
+    /// count. The count is fixed when the outbox is first used; change it
+    /// only once the outbox is empty.
+    #[error(
+        "the outbox holds pending messages in partition {table_max}, \
+         not below the configured {configured} partitions"
+    )]
+    PartitionMismatch {
+        /// The highest partition of the pending messages.
+        table_max: u32,
+        /// The configured partition count.
+        configured: u32,
+    },
+    /// Messages could not be moved to the dead-letter table because it
+    /// already holds rows with their ids (for example after the outbox's
+    /// identity was restarted); they stay pending in the outbox.
+    #[error(
+        "messages {} could not be set aside: the dead-letter table already holds their ids",
+        join(ids)
+    )]
+    NotSetAside {
+        /// The messages left in the outbox.
+        ids: Vec<MessageId>,
+    },
+}
+
+fn join(ids: &[MessageId]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

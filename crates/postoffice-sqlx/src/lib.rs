@@ -68,6 +68,8 @@
 mod deletion;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod error;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod limits;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "sqlite")]
@@ -77,6 +79,8 @@ pub mod sqlite;
 pub use deletion::DeletionMode;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use error::Error;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use limits::{MAX_PARTITIONS, MIN_POLL_INTERVAL};
 #[cfg(feature = "postgres")]
 pub use postgres::{
     PgSqlxOutbox, PgSqlxOutboxBuilder, PgSqlxOutboxPoller, PgSqlxOutboxPollerBuilder,

@@ -9,8 +9,9 @@ use postoffice_core::{NewMessage, Publish, PublishError, partition_for};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tower_service::Service;
 
-use super::schema::{Names, Queries, sql};
+use super::schema::{Names, Queries, max_partition, sql};
 use super::{Error, Options};
+use crate::limits::{check_partitions, check_stored};
 
 /// The Postgres store for [`Outbox`](postoffice_core::Outbox): a
 /// `tower::Service` that writes messages inside a `sqlx::Transaction` or on a
@@ -149,7 +150,9 @@ impl PgSqlxOutboxBuilder {
 
     /// The number of partitions (default
     /// [`DEFAULT_PARTITIONS`](postoffice_core::DEFAULT_PARTITIONS), at least
-    /// 1). Pollers must use the same number.
+    /// 1, at most [`MAX_PARTITIONS`](crate::MAX_PARTITIONS)). Pollers must
+    /// use the same number, and it must not change while messages are
+    /// pending; see the [module docs](super#partitions).
     pub fn partitions(mut self, partitions: u32) -> Self {
         self.options.partitions = partitions.max(1);
         self
@@ -169,22 +172,29 @@ impl PgSqlxOutboxBuilder {
         self
     }
 
-    /// Checks the names and the tables and builds the store.
+    /// Checks the names, the partition count and the tables and builds the
+    /// store.
     ///
     /// # Errors
     ///
     /// [`Error::InvalidName`] for a bad schema or table name,
-    /// [`Error::Schema`] when the tables are missing and creating them is
-    /// off, [`Error::Database`] when the database fails.
+    /// [`Error::TooManyPartitions`] for a count above
+    /// [`MAX_PARTITIONS`](crate::MAX_PARTITIONS),
+    /// [`Error::PartitionMismatch`] when pending messages sit in a partition
+    /// not below the count, [`Error::Schema`] when the tables are missing and
+    /// creating them is off, [`Error::Database`] when the database fails.
     pub async fn build(self) -> Result<PgSqlxOutbox, Error> {
         let Self { pool, options } = self;
+        check_partitions(options.partitions)?;
         let names = Names::new(&options.schema, &options.table)?;
         names.ensure(&pool, options.migrate).await?;
+        let queries = Queries::new(&names);
+        check_stored(max_partition(&pool, &queries).await?, options.partitions)?;
         let shared = Shared {
             partitions: options.partitions,
             notify: options.notify,
             channel: names.channel(),
-            queries: Queries::new(&names),
+            queries,
         };
         Ok(PgSqlxOutbox {
             shared: Arc::new(shared),

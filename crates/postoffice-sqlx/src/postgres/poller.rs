@@ -22,8 +22,9 @@ use tokio_util::sync::DropGuard;
 use tower_service::Service;
 
 use super::dead_letters::DeadQueries;
-use super::schema::{Names, Queries, sql};
+use super::schema::{Names, Queries, max_partition, sql};
 use super::{DeletionMode, Error, Options, listener};
+use crate::limits::{MIN_POLL_INTERVAL, PartitionWatch, Stuck, check_stored, owned_partitions};
 
 /// Poll interval used unless configured otherwise.
 const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -73,6 +74,12 @@ struct Shared {
     policy: DeadLetterPolicy,
     dead: DeadQueries,
     wakeups: Arc<watch::Sender<u64>>,
+    /// Rows that do not decode and could not be set aside.
+    stuck: Stuck,
+    /// When to look for pending rows beyond the partition count.
+    watch: PartitionWatch,
+    /// The outbox table, for log lines.
+    table: String,
     /// Stops the listener task when the last clone drops.
     _listener: Option<DropGuard>,
 }
@@ -143,6 +150,12 @@ impl<H, P> PgSqlxOutboxPoller<H, P> {
         self.shared.policy
     }
 
+    /// The longest wait between polls, at least
+    /// [`MIN_POLL_INTERVAL`](crate::MIN_POLL_INTERVAL).
+    pub fn poll_interval(&self) -> Duration {
+        self.shared.poll_interval
+    }
+
     /// The messages set aside, by id, at most `limit` of them; of every
     /// partition, not only the owned ones.
     ///
@@ -171,13 +184,15 @@ impl<H, P> PgSqlxOutboxPoller<H, P> {
 
     /// Drops set-aside messages for good. Returns how many were dropped.
     /// Wakes this poller, since with [`DeadLetterPolicy::Block`] a purge can
-    /// free a partition.
+    /// free a partition, and a purge also frees a row that could not be set
+    /// aside because its id was taken in the dead-letter table.
     ///
     /// # Errors
     ///
     /// [`Error::Database`] when the statement fails.
     pub async fn purge(&self, ids: &[MessageId]) -> Result<u64, Error> {
         let purged = self.shared.dead.purge(&self.shared.pool, ids).await?;
+        self.shared.stuck.forget(ids);
         listener::bump(&self.shared.wakeups);
         Ok(purged)
     }
@@ -253,14 +268,16 @@ impl<H, P> PgSqlxOutboxPollerBuilder<H, P> {
 
     /// The number of partitions (default
     /// [`DEFAULT_PARTITIONS`](postoffice_core::DEFAULT_PARTITIONS), at least
-    /// 1); must match the publishing store's.
+    /// 1, at most [`MAX_PARTITIONS`](crate::MAX_PARTITIONS)); must match the
+    /// publishing store's. See the [module docs](super#partitions).
     pub fn partitions(mut self, partitions: u32) -> Self {
         self.options.partitions = partitions.max(1);
         self
     }
 
-    /// The partitions this poller serves (default: all). Pollers in one
-    /// process must own disjoint sets, so that each partition has one sender.
+    /// The partitions this poller serves (default: all; not none). Pollers
+    /// in one process must own disjoint sets, so that each partition has one
+    /// sender.
     pub fn owned_partitions(mut self, partitions: impl IntoIterator<Item = u32>) -> Self {
         self.owned = Some(partitions.into_iter().collect());
         self
@@ -273,10 +290,12 @@ impl<H, P> PgSqlxOutboxPollerBuilder<H, P> {
         self
     }
 
-    /// The longest wait between polls (default 1 s). With notify on this is
-    /// the fallback when a notification is lost.
+    /// The longest wait between polls (default 1 s, at least
+    /// [`MIN_POLL_INTERVAL`](crate::MIN_POLL_INTERVAL): a shorter one is
+    /// raised to it). With notify on this is the fallback when a
+    /// notification is lost.
     pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
-        self.poll_interval = poll_interval;
+        self.poll_interval = poll_interval.max(MIN_POLL_INTERVAL);
         self
     }
 
@@ -311,9 +330,14 @@ impl<H, P> PgSqlxOutboxPollerBuilder<H, P> {
     /// # Errors
     ///
     /// [`Error::InvalidName`] for a bad schema or table name,
-    /// [`Error::PartitionOutOfRange`] for an owned partition not below the
-    /// partition count, [`Error::Schema`] when the tables are missing and
-    /// creating them is off, [`Error::Database`] when the database fails.
+    /// [`Error::TooManyPartitions`] for a count above
+    /// [`MAX_PARTITIONS`](crate::MAX_PARTITIONS), [`Error::NoPartitions`] for
+    /// an empty owned set, [`Error::PartitionOutOfRange`] for an owned
+    /// partition not below the partition count, [`Error::PartitionMismatch`]
+    /// when pending messages sit in a partition not below the count (the
+    /// publisher uses another count), [`Error::Schema`] when the tables are
+    /// missing and creating them is off, [`Error::Database`] when the
+    /// database fails.
     pub async fn build(self) -> Result<PgSqlxOutboxPoller<H, P>, Error> {
         let Self {
             pool,
@@ -325,18 +349,12 @@ impl<H, P> PgSqlxOutboxPollerBuilder<H, P> {
             ..
         } = self;
         let partitions = options.partitions;
-        let mut owned = owned.unwrap_or_else(|| (0..partitions).collect());
-        owned.sort_unstable();
-        owned.dedup();
-        if let Some(&partition) = owned.iter().find(|p| **p >= partitions) {
-            return Err(Error::PartitionOutOfRange {
-                partition,
-                partitions,
-            });
-        }
+        let owned = owned_partitions(partitions, owned)?;
 
         let names = Names::new(&options.schema, &options.table)?;
         names.ensure(&pool, options.migrate).await?;
+        let queries = Queries::new(&names);
+        check_stored(max_partition(&pool, &queries).await?, partitions)?;
 
         let wakeups = Arc::new(watch::Sender::new(0));
         let listener = if options.notify {
@@ -346,7 +364,10 @@ impl<H, P> PgSqlxOutboxPollerBuilder<H, P> {
         };
         let shared = Shared {
             pool,
-            queries: Queries::new(&names),
+            queries,
+            stuck: Stuck::default(),
+            watch: PartitionWatch::new(),
+            table: names.outbox(),
             dead: DeadQueries::new(&names),
             policy,
             partitions,
@@ -370,32 +391,54 @@ fn unsigned(value: i32) -> u32 {
     u32::try_from(value).unwrap_or(0)
 }
 
-/// Decodes one fetched row, or says why it does not decode.
+/// A fetched row that does not decode into a message.
+struct Unreadable {
+    id: MessageId,
+    partition: u32,
+    reason: String,
+}
+
+/// Decodes one fetched row, or says why it does not decode. Only the id and
+/// partition must be readable; any other column that does not decode (a
+/// timestamp out of chrono's range, say) makes the row unreadable, like
+/// headers or a payload that do not deserialize.
 fn decode<H: DeserializeOwned, P: DeserializeOwned>(
     row: &PgRow,
-) -> Result<Result<Message<H, P>, DecodeError>, sqlx::Error> {
+) -> Result<Result<Message<H, P>, Unreadable>, sqlx::Error> {
     let id = MessageId::new(row.try_get(0)?);
-    let headers: String = row.try_get(3)?;
-    let payload: String = row.try_get(4)?;
-    let headers = match serde_json::from_str(&headers) {
-        Ok(headers) => headers,
-        Err(source) => return Ok(Err(DecodeError { id, source })),
-    };
-    let payload = match serde_json::from_str(&payload) {
-        Ok(payload) => payload,
-        Err(source) => return Ok(Err(DecodeError { id, source })),
-    };
-    let next_attempt_at: Option<DateTime<Utc>> = row.try_get(7)?;
-    Ok(Ok(Message::new(
+    let partition = unsigned(row.try_get(1)?);
+    Ok(read(row, id, partition).map_err(|reason| Unreadable {
         id,
-        row.try_get(2)?,
-        unsigned(row.try_get(1)?),
+        partition,
+        reason,
+    }))
+}
+
+fn read<H: DeserializeOwned, P: DeserializeOwned>(
+    row: &PgRow,
+    id: MessageId,
+    partition: u32,
+) -> Result<Message<H, P>, String> {
+    let column = |name: &'static str| {
+        move |error: sqlx::Error| format!("column {name} does not decode: {}", error_chain(&error))
+    };
+    let json = |source: serde_json::Error| error_chain(&DecodeError { id, source });
+    let headers: String = row.try_get(3).map_err(column("headers"))?;
+    let payload: String = row.try_get(4).map_err(column("payload"))?;
+    let headers = serde_json::from_str(&headers).map_err(json)?;
+    let payload = serde_json::from_str(&payload).map_err(json)?;
+    let next_attempt_at: Option<DateTime<Utc>> =
+        row.try_get(7).map_err(column("next_attempt_at"))?;
+    Ok(Message::new(
+        id,
+        row.try_get(2).map_err(column("partition_key"))?,
+        partition,
         headers,
         payload,
-        unsigned(row.try_get(5)?),
-        row.try_get(6)?,
+        unsigned(row.try_get(5).map_err(column("attempts"))?),
+        row.try_get(6).map_err(column("created_at"))?,
         next_attempt_at,
-    )))
+    ))
 }
 
 impl<H, P> PgSqlxOutboxPoller<H, P>
@@ -436,7 +479,7 @@ where
             .await?;
 
         let mut messages = Vec::with_capacity(rows.len());
-        let mut undecodable = Vec::new();
+        let mut unreadable = Vec::new();
         let mut stopped: Vec<i32> = Vec::new();
         for row in &rows {
             // With the block policy a partition stops at its first row that
@@ -447,44 +490,112 @@ where
             }
             match decode(row)? {
                 Ok(message) => messages.push(message),
-                Err(error) => {
-                    undecodable.push(error);
+                Err(row) => {
+                    unreadable.push(row);
                     if block {
                         stopped.push(partition);
                     }
                 }
             }
         }
-        if !undecodable.is_empty() {
-            self.set_aside_undecodable(undecodable).await?;
+        if !unreadable.is_empty() {
+            // A partition whose unreadable row stays in the outbox stops
+            // there: nothing behind the row is returned.
+            let held = self.set_aside_unreadable(unreadable).await?;
+            messages.retain(|m| {
+                !held
+                    .iter()
+                    .any(|(partition, id)| m.partition == *partition && m.id > *id)
+            });
         }
+        self.check_partitions().await;
         Ok(messages)
     }
 
     /// Moves rows that do not decode to the dead letters, and wakes the next
-    /// wait at once so the rows behind them are read without delay.
-    async fn set_aside_undecodable(&self, errors: Vec<DecodeError>) -> Result<(), Error> {
-        let mut ids = Vec::with_capacity(errors.len());
-        let mut reasons = Vec::with_capacity(errors.len());
-        for error in errors {
-            tracing::warn!(message_id = %error.id, %error, "stored message does not decode, set aside");
-            ids.push(error.id.get());
-            reasons.push(error_chain(&error));
+    /// wait at once so the rows behind them are read without delay. Returns
+    /// the rows left in the outbox (their id is taken in the dead-letter
+    /// table), as `(partition, id)`; a row left there is tried again after a
+    /// pause, and logged as an error each time.
+    async fn set_aside_unreadable(
+        &self,
+        rows: Vec<Unreadable>,
+    ) -> Result<Vec<(u32, MessageId)>, Error> {
+        let mut held = Vec::new();
+        let mut attempted = Vec::with_capacity(rows.len());
+        for row in rows {
+            if self.shared.stuck.due(row.id) {
+                attempted.push(row);
+            } else {
+                held.push((row.partition, row.id));
+            }
         }
-        self.move_to_dead(ids, reasons).await?;
-        listener::bump(&self.shared.wakeups);
-        Ok(())
+        if attempted.is_empty() {
+            return Ok(held);
+        }
+        let ids = attempted.iter().map(|row| row.id.get()).collect();
+        let reasons = attempted.iter().map(|row| row.reason.clone()).collect();
+        let stuck = self.move_to_dead(ids, reasons).await?;
+        let mut moved = Vec::with_capacity(attempted.len());
+        for row in &attempted {
+            if stuck.contains(&row.id) {
+                tracing::error!(
+                    message_id = %row.id,
+                    partition = row.partition,
+                    reason = %row.reason,
+                    "stored message does not decode and could not be set aside: \
+                     the dead-letter table already holds its id; its partition waits"
+                );
+                held.push((row.partition, row.id));
+            } else {
+                tracing::warn!(
+                    message_id = %row.id,
+                    partition = row.partition,
+                    reason = %row.reason,
+                    "stored message does not decode, set aside"
+                );
+                moved.push(row.id);
+            }
+        }
+        self.shared.stuck.record(&moved, &stuck);
+        if !moved.is_empty() {
+            listener::bump(&self.shared.wakeups);
+        }
+        Ok(held)
     }
 }
 
 impl<H, P> PgSqlxOutboxPoller<H, P> {
-    async fn move_to_dead(&self, ids: Vec<i64>, reasons: Vec<String>) -> Result<(), Error> {
-        sqlx::query(sql(&self.shared.queries.dead_letter))
+    /// Moves rows to the dead letters with their reasons, and returns the
+    /// ids of the rows that stay in the outbox because the dead-letter table
+    /// already holds their id. Ids not in the outbox are ignored.
+    async fn move_to_dead(
+        &self,
+        ids: Vec<i64>,
+        reasons: Vec<String>,
+    ) -> Result<Vec<MessageId>, Error> {
+        let stuck: Vec<i64> = sqlx::query_scalar(sql(&self.shared.queries.dead_letter))
             .bind(ids)
             .bind(reasons)
-            .execute(&self.shared.pool)
+            .fetch_all(&self.shared.pool)
             .await?;
-        Ok(())
+        Ok(stuck.into_iter().map(MessageId::new).collect())
+    }
+
+    /// Now and then, looks for pending rows in partitions beyond the count
+    /// and warns once when there are some: no poller of this count serves
+    /// them. A failure of the check is only logged.
+    async fn check_partitions(&self) {
+        let shared = &self.shared;
+        if !shared.watch.due() {
+            return;
+        }
+        match max_partition(&shared.pool, &shared.queries).await {
+            Ok(max) => shared.watch.report(max, shared.partitions, &shared.table),
+            Err(error) => {
+                tracing::debug!(error = %error_chain(&error), "checking the stored partitions failed");
+            }
+        }
     }
 
     async fn complete(self, request: Complete) -> Result<(), Error> {
@@ -511,8 +622,14 @@ impl<H, P> PgSqlxOutboxPoller<H, P> {
     }
 
     async fn dead_letter(self, request: DeadLetter) -> Result<(), Error> {
-        self.move_to_dead(vec![request.id.get()], vec![request.reason])
-            .await
+        let ids = self
+            .move_to_dead(vec![request.id.get()], vec![request.reason])
+            .await?;
+        if ids.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::NotSetAside { ids })
+        }
     }
 
     /// Returns once the wake-up count differs from the one seen last, or

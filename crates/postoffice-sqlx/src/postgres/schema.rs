@@ -245,6 +245,7 @@ pub(crate) struct Queries {
     pub(crate) fail: Arc<str>,
     pub(crate) dead_letter: Arc<str>,
     pub(crate) purge: Arc<str>,
+    pub(crate) max_partition: Arc<str>,
 }
 
 impl Queries {
@@ -277,16 +278,28 @@ impl Queries {
              order by o.partition, o.id limit $2) as m \
              order by m.partition, m.id"
         );
+        // The rows are locked first, so that a row removed meanwhile (for
+        // example confirmed by another statement) is left out. Only rows that
+        // were written to the dead-letter table are deleted from the outbox;
+        // a row whose id the dead-letter table already holds stays pending,
+        // and the statement returns its id.
         let dead_letter = format!(
             "with reasons as (select * from unnest($1::int8[], $2::text[]) as r(id, reason)), \
-             moved as (delete from {outbox} as o using reasons as r where o.id = r.id \
-             returning o.id, o.partition, o.partition_key, o.headers, o.payload, \
-             o.created_at, o.attempts, r.reason) \
-             insert into {dead} (id, partition, partition_key, headers, payload, created_at, \
-             attempts, reason) \
+             picked as (select o.id, o.partition, o.partition_key, o.headers, o.payload, \
+             o.created_at, o.attempts, r.reason from {outbox} as o \
+             join reasons as r on o.id = r.id for update of o), \
+             inserted as (insert into {dead} (id, partition, partition_key, headers, payload, \
+             created_at, attempts, reason) \
              select id, partition, partition_key, headers, payload, created_at, attempts, reason \
-             from moved on conflict (id) do nothing"
+             from picked on conflict (id) do nothing returning id), \
+             removed as (delete from {outbox} as o using inserted as i where o.id = i.id \
+             returning o.id) \
+             select id from picked where id not in (select id from removed)"
         );
+        // The highest partition holding a pending row: a backward step on the
+        // pending index.
+        let max_partition =
+            format!("select max(partition)::int8 from {outbox} where delivered_at is null");
         // `= any(array(...))` keeps the bounded inner scan on an index; an
         // `in (subquery)` tends to be planned as a hash join over the table.
         let purge = format!(
@@ -312,8 +325,16 @@ impl Queries {
             .into(),
             dead_letter: dead_letter.into(),
             purge: purge.into(),
+            max_partition: max_partition.into(),
         }
     }
+}
+
+/// The highest partition of the pending rows, if any.
+pub(crate) async fn max_partition(pool: &PgPool, queries: &Queries) -> Result<Option<i64>, Error> {
+    Ok(sqlx::query_scalar(sql(&queries.max_partition))
+        .fetch_one(pool)
+        .await?)
 }
 
 /// A rendered statement, ready for `sqlx::query`.

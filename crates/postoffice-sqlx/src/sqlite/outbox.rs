@@ -11,9 +11,10 @@ use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tower_service::Service;
 
 use super::Options;
-use super::schema::{Names, Queries, sql};
+use super::schema::{Names, Queries, max_partition, sql};
 use super::wakeup::{self, Wakeups};
 use crate::Error;
+use crate::limits::{check_partitions, check_stored};
 
 /// The SQLite store for [`Outbox`](postoffice_core::Outbox): a
 /// `tower::Service` that writes messages inside a `sqlx::Transaction` or on a
@@ -154,7 +155,9 @@ impl SqliteSqlxOutboxBuilder {
 
     /// The number of partitions (default
     /// [`DEFAULT_PARTITIONS`](postoffice_core::DEFAULT_PARTITIONS), at least
-    /// 1). Pollers must use the same number.
+    /// 1, at most [`MAX_PARTITIONS`](crate::MAX_PARTITIONS)). Pollers must
+    /// use the same number, and it must not change while messages are
+    /// pending; see the [module docs](super#partitions).
     pub fn partitions(mut self, partitions: u32) -> Self {
         self.options.partitions = partitions.max(1);
         self
@@ -167,20 +170,27 @@ impl SqliteSqlxOutboxBuilder {
         self
     }
 
-    /// Checks the name and the tables and builds the store.
+    /// Checks the name, the partition count and the tables and builds the
+    /// store.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidName`] for a bad table name, [`Error::Schema`] when the
-    /// tables are missing and creating them is off, [`Error::Database`] when
-    /// the database fails.
+    /// [`Error::InvalidName`] for a bad table name,
+    /// [`Error::TooManyPartitions`] for a count above
+    /// [`MAX_PARTITIONS`](crate::MAX_PARTITIONS),
+    /// [`Error::PartitionMismatch`] when pending messages sit in a partition
+    /// not below the count, [`Error::Schema`] when the tables are missing and
+    /// creating them is off, [`Error::Database`] when the database fails.
     pub async fn build(self) -> Result<SqliteSqlxOutbox, Error> {
         let Self { pool, options } = self;
+        check_partitions(options.partitions)?;
         let names = Names::new(&options.table)?;
         names.ensure(&pool, options.migrate).await?;
+        let queries = Queries::new(&names);
+        check_stored(max_partition(&pool, &queries).await?, options.partitions)?;
         let shared = Shared {
             partitions: options.partitions,
-            queries: Queries::new(&names),
+            queries,
             wakeups: wakeup::for_table(&pool, names.table()),
         };
         Ok(SqliteSqlxOutbox {

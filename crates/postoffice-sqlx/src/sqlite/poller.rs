@@ -20,8 +20,9 @@ use sqlx::{Row, SqlitePool};
 use tower_service::Service;
 
 use super::Options;
-use super::schema::{Names, Queries, sql};
+use super::schema::{Names, Queries, max_partition, sql};
 use super::wakeup::{self, Wakeups};
+use crate::limits::{MIN_POLL_INTERVAL, PartitionWatch, Stuck, check_stored, owned_partitions};
 use crate::{DeletionMode, Error};
 
 /// Poll interval used unless configured otherwise.
@@ -69,6 +70,12 @@ struct Shared {
     deletion: DeletionMode,
     policy: DeadLetterPolicy,
     wakeups: Wakeups,
+    /// Rows that do not decode and could not be set aside.
+    stuck: Stuck,
+    /// When to look for pending rows beyond the partition count.
+    watch: PartitionWatch,
+    /// The outbox table, for log lines.
+    table: String,
 }
 
 impl<H, P> Clone for SqliteSqlxOutboxPoller<H, P> {
@@ -134,6 +141,12 @@ impl<H, P> SqliteSqlxOutboxPoller<H, P> {
     /// The dead-letter policy.
     pub fn dead_letter_policy(&self) -> DeadLetterPolicy {
         self.shared.policy
+    }
+
+    /// The longest wait between polls, at least
+    /// [`MIN_POLL_INTERVAL`](crate::MIN_POLL_INTERVAL).
+    pub fn poll_interval(&self) -> Duration {
+        self.shared.poll_interval
     }
 
     /// Deletes rows delivered more than `older_than` ago (logical-deletion
@@ -226,7 +239,9 @@ impl<H, P> SqliteSqlxOutboxPoller<H, P> {
 
     /// Drops set-aside messages for good. Returns how many were dropped.
     /// Wakes the pollers of this process, since with
-    /// [`DeadLetterPolicy::Block`] a purge can free a partition.
+    /// [`DeadLetterPolicy::Block`] a purge can free a partition, and a purge
+    /// also frees a row that could not be set aside because its id was taken
+    /// in the dead-letter table.
     ///
     /// # Errors
     ///
@@ -237,6 +252,7 @@ impl<H, P> SqliteSqlxOutboxPoller<H, P> {
             .execute(&self.shared.pool)
             .await?
             .rows_affected();
+        self.shared.stuck.forget(ids);
         wakeup::bump(&self.shared.wakeups);
         Ok(purged)
     }
@@ -283,24 +299,27 @@ impl<H, P> SqliteSqlxOutboxPollerBuilder<H, P> {
 
     /// The number of partitions (default
     /// [`DEFAULT_PARTITIONS`](postoffice_core::DEFAULT_PARTITIONS), at least
-    /// 1); must match the publishing store's.
+    /// 1, at most [`MAX_PARTITIONS`](crate::MAX_PARTITIONS)); must match the
+    /// publishing store's. See the [module docs](super#partitions).
     pub fn partitions(mut self, partitions: u32) -> Self {
         self.options.partitions = partitions.max(1);
         self
     }
 
-    /// The partitions this poller serves (default: all). Pollers in one
-    /// process must own disjoint sets, so that each partition has one sender.
+    /// The partitions this poller serves (default: all; not none). Pollers
+    /// in one process must own disjoint sets, so that each partition has one
+    /// sender.
     pub fn owned_partitions(mut self, partitions: impl IntoIterator<Item = u32>) -> Self {
         self.owned = Some(partitions.into_iter().collect());
         self
     }
 
-    /// The longest wait between polls (default 1 s). Publishers in this
-    /// process wake the poller at commit; publishers in other processes are
-    /// seen at the next poll.
+    /// The longest wait between polls (default 1 s, at least
+    /// [`MIN_POLL_INTERVAL`](crate::MIN_POLL_INTERVAL): a shorter one is
+    /// raised to it). Publishers in this process wake the poller at commit;
+    /// publishers in other processes are seen at the next poll.
     pub fn poll_interval(mut self, poll_interval: Duration) -> Self {
-        self.poll_interval = poll_interval;
+        self.poll_interval = poll_interval.max(MIN_POLL_INTERVAL);
         self
     }
 
@@ -333,9 +352,14 @@ impl<H, P> SqliteSqlxOutboxPollerBuilder<H, P> {
     /// # Errors
     ///
     /// [`Error::InvalidName`] for a bad table name,
-    /// [`Error::PartitionOutOfRange`] for an owned partition not below the
-    /// partition count, [`Error::Schema`] when the tables are missing and
-    /// creating them is off, [`Error::Database`] when the database fails.
+    /// [`Error::TooManyPartitions`] for a count above
+    /// [`MAX_PARTITIONS`](crate::MAX_PARTITIONS), [`Error::NoPartitions`] for
+    /// an empty owned set, [`Error::PartitionOutOfRange`] for an owned
+    /// partition not below the partition count, [`Error::PartitionMismatch`]
+    /// when pending messages sit in a partition not below the count (the
+    /// publisher uses another count), [`Error::Schema`] when the tables are
+    /// missing and creating them is off, [`Error::Database`] when the
+    /// database fails.
     pub async fn build(self) -> Result<SqliteSqlxOutboxPoller<H, P>, Error> {
         let Self {
             pool,
@@ -347,20 +371,17 @@ impl<H, P> SqliteSqlxOutboxPollerBuilder<H, P> {
             ..
         } = self;
         let partitions = options.partitions;
-        let mut owned = owned.unwrap_or_else(|| (0..partitions).collect());
-        owned.sort_unstable();
-        owned.dedup();
-        if let Some(&partition) = owned.iter().find(|p| **p >= partitions) {
-            return Err(Error::PartitionOutOfRange {
-                partition,
-                partitions,
-            });
-        }
+        let owned = owned_partitions(partitions, owned)?;
 
         let names = Names::new(&options.table)?;
         names.ensure(&pool, options.migrate).await?;
+        let queries = Queries::new(&names);
+        check_stored(max_partition(&pool, &queries).await?, partitions)?;
         let shared = Shared {
-            queries: Queries::new(&names),
+            queries,
+            stuck: Stuck::default(),
+            watch: PartitionWatch::new(),
+            table: names.table().to_owned(),
             wakeups: wakeup::for_table(&pool, names.table()),
             pool,
             partitions,
@@ -388,32 +409,54 @@ fn timestamp(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-/// Decodes one fetched row, or says why it does not decode.
+/// A fetched row that does not decode into a message.
+struct Unreadable {
+    id: MessageId,
+    partition: u32,
+    reason: String,
+}
+
+/// Decodes one fetched row, or says why it does not decode. Only the id and
+/// partition must be readable; any other column that does not decode (a time
+/// that is not a time, say) makes the row unreadable, like headers or a
+/// payload that do not deserialize.
 fn decode<H: DeserializeOwned, P: DeserializeOwned>(
     row: &SqliteRow,
-) -> Result<Result<Message<H, P>, DecodeError>, sqlx::Error> {
+) -> Result<Result<Message<H, P>, Unreadable>, sqlx::Error> {
     let id = MessageId::new(row.try_get(0)?);
-    let headers: &str = row.try_get(3)?;
-    let payload: &str = row.try_get(4)?;
-    let headers = match serde_json::from_str(headers) {
-        Ok(headers) => headers,
-        Err(source) => return Ok(Err(DecodeError { id, source })),
-    };
-    let payload = match serde_json::from_str(payload) {
-        Ok(payload) => payload,
-        Err(source) => return Ok(Err(DecodeError { id, source })),
-    };
-    let next_attempt_at: Option<DateTime<Utc>> = row.try_get(7)?;
-    Ok(Ok(Message::new(
+    let partition = unsigned(row.try_get(1)?);
+    Ok(read(row, id, partition).map_err(|reason| Unreadable {
         id,
-        row.try_get(2)?,
-        unsigned(row.try_get(1)?),
+        partition,
+        reason,
+    }))
+}
+
+fn read<H: DeserializeOwned, P: DeserializeOwned>(
+    row: &SqliteRow,
+    id: MessageId,
+    partition: u32,
+) -> Result<Message<H, P>, String> {
+    let column = |name: &'static str| {
+        move |error: sqlx::Error| format!("column {name} does not decode: {}", error_chain(&error))
+    };
+    let json = |source: serde_json::Error| error_chain(&DecodeError { id, source });
+    let headers: &str = row.try_get(3).map_err(column("headers"))?;
+    let payload: &str = row.try_get(4).map_err(column("payload"))?;
+    let headers = serde_json::from_str(headers).map_err(json)?;
+    let payload = serde_json::from_str(payload).map_err(json)?;
+    let next_attempt_at: Option<DateTime<Utc>> =
+        row.try_get(7).map_err(column("next_attempt_at"))?;
+    Ok(Message::new(
+        id,
+        row.try_get(2).map_err(column("partition_key"))?,
+        partition,
         headers,
         payload,
-        unsigned(row.try_get(5)?),
-        row.try_get(6)?,
+        unsigned(row.try_get(5).map_err(column("attempts"))?),
+        row.try_get(6).map_err(column("created_at"))?,
         next_attempt_at,
-    )))
+    ))
 }
 
 impl<H, P> SqliteSqlxOutboxPoller<H, P>
@@ -447,56 +490,128 @@ where
             .await?;
 
         let mut messages = Vec::with_capacity(rows.len());
-        let mut undecodable: Vec<(u32, DecodeError)> = Vec::new();
+        let mut unreadable: Vec<Unreadable> = Vec::new();
         for row in &rows {
             let partition = unsigned(row.try_get(1)?);
             // With the block policy a partition stops at its first row that
             // does not decode; the rows behind it wait for replay or purge.
-            if block && undecodable.iter().any(|(p, _)| *p == partition) {
+            if block && unreadable.iter().any(|row| row.partition == partition) {
                 continue;
             }
             match decode(row)? {
                 Ok(message) => messages.push(message),
-                Err(error) => undecodable.push((partition, error)),
+                Err(row) => unreadable.push(row),
             }
         }
-        if !undecodable.is_empty() {
-            self.set_aside_undecodable(undecodable).await?;
+        if !unreadable.is_empty() {
+            // A partition whose unreadable row stays in the outbox stops
+            // there: nothing behind the row is returned.
+            let held = self.set_aside_unreadable(unreadable).await?;
+            messages.retain(|m| {
+                !held
+                    .iter()
+                    .any(|(partition, id)| m.partition == *partition && m.id > *id)
+            });
         }
+        self.check_partitions().await;
         Ok(messages)
     }
 
     /// Moves rows that do not decode to the dead letters, and wakes the next
-    /// wait at once so the rows behind them are read without delay.
-    async fn set_aside_undecodable(&self, errors: Vec<(u32, DecodeError)>) -> Result<(), Error> {
-        let mut moved = Vec::with_capacity(errors.len());
-        for (partition, error) in errors {
-            tracing::warn!(message_id = %error.id, partition, %error, "stored message does not decode, set aside");
-            moved.push((error.id.get(), error_chain(&error)));
+    /// wait at once so the rows behind them are read without delay. Returns
+    /// the rows left in the outbox (their id is taken in the dead-letter
+    /// table), as `(partition, id)`; a row left there is tried again after a
+    /// pause, and logged as an error each time.
+    async fn set_aside_unreadable(
+        &self,
+        rows: Vec<Unreadable>,
+    ) -> Result<Vec<(u32, MessageId)>, Error> {
+        let mut held = Vec::new();
+        let mut attempted = Vec::with_capacity(rows.len());
+        for row in rows {
+            if self.shared.stuck.due(row.id) {
+                attempted.push(row);
+            } else {
+                held.push((row.partition, row.id));
+            }
         }
-        self.move_to_dead(&moved).await?;
-        wakeup::bump(&self.shared.wakeups);
-        Ok(())
+        if attempted.is_empty() {
+            return Ok(held);
+        }
+        let pairs: Vec<(i64, String)> = attempted
+            .iter()
+            .map(|row| (row.id.get(), row.reason.clone()))
+            .collect();
+        let stuck = self.move_to_dead(&pairs).await?;
+        let mut moved = Vec::with_capacity(attempted.len());
+        for row in &attempted {
+            if stuck.contains(&row.id) {
+                tracing::error!(
+                    message_id = %row.id,
+                    partition = row.partition,
+                    reason = %row.reason,
+                    "stored message does not decode and could not be set aside: \
+                     the dead-letter table already holds its id; its partition waits"
+                );
+                held.push((row.partition, row.id));
+            } else {
+                tracing::warn!(
+                    message_id = %row.id,
+                    partition = row.partition,
+                    reason = %row.reason,
+                    "stored message does not decode, set aside"
+                );
+                moved.push(row.id);
+            }
+        }
+        self.shared.stuck.record(&moved, &stuck);
+        if !moved.is_empty() {
+            wakeup::bump(&self.shared.wakeups);
+        }
+        Ok(held)
     }
 }
 
 impl<H, P> SqliteSqlxOutboxPoller<H, P> {
     /// Copies the rows to the dead-letter table with their reasons and
-    /// deletes them from the outbox, in one transaction.
-    async fn move_to_dead(&self, moved: &[(i64, String)]) -> Result<(), Error> {
+    /// deletes the copied ones from the outbox, in one transaction. Returns
+    /// the ids of the rows that stay in the outbox because the dead-letter
+    /// table already holds their id; ids not in the outbox are ignored.
+    async fn move_to_dead(&self, moved: &[(i64, String)]) -> Result<Vec<MessageId>, Error> {
         let moved = serde_json::to_string(moved).unwrap_or_else(|_| "[]".to_owned());
         let queries = &self.shared.queries;
         let mut tx = self.shared.pool.begin_with("begin immediate").await?;
-        sqlx::query(sql(&queries.copy_to_dead))
+        let copied: Vec<i64> = sqlx::query_scalar(sql(&queries.copy_to_dead))
             .bind(&moved)
+            .fetch_all(&mut *tx)
+            .await?;
+        let copied = serde_json::to_string(&copied).unwrap_or_else(|_| "[]".to_owned());
+        sqlx::query(sql(&queries.delete))
+            .bind(&copied)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(sql(&queries.delete_moved))
+        let stuck: Vec<i64> = sqlx::query_scalar(sql(&queries.left_behind))
             .bind(&moved)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(stuck.into_iter().map(MessageId::new).collect())
+    }
+
+    /// Now and then, looks for pending rows in partitions beyond the count
+    /// and warns once when there are some: no poller of this count serves
+    /// them. A failure of the check is only logged.
+    async fn check_partitions(&self) {
+        let shared = &self.shared;
+        if !shared.watch.due() {
+            return;
+        }
+        match max_partition(&shared.pool, &shared.queries).await {
+            Ok(max) => shared.watch.report(max, shared.partitions, &shared.table),
+            Err(error) => {
+                tracing::debug!(error = %error_chain(&error), "checking the stored partitions failed");
+            }
+        }
     }
 
     async fn complete(self, request: Complete) -> Result<(), Error> {
@@ -522,8 +637,14 @@ impl<H, P> SqliteSqlxOutboxPoller<H, P> {
     }
 
     async fn dead_letter(self, request: DeadLetter) -> Result<(), Error> {
-        self.move_to_dead(&[(request.id.get(), request.reason)])
-            .await
+        let ids = self
+            .move_to_dead(&[(request.id.get(), request.reason)])
+            .await?;
+        if ids.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::NotSetAside { ids })
+        }
     }
 
     /// Returns once the wake-up count differs from the one seen last, or

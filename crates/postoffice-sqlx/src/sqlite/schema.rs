@@ -195,7 +195,8 @@ pub(crate) struct Queries {
     pub(crate) mark_delivered: Arc<str>,
     pub(crate) fail: Arc<str>,
     pub(crate) copy_to_dead: Arc<str>,
-    pub(crate) delete_moved: Arc<str>,
+    pub(crate) left_behind: Arc<str>,
+    pub(crate) max_partition: Arc<str>,
     pub(crate) purge: Arc<str>,
     pub(crate) dead_letters: Arc<str>,
     pub(crate) replay: Arc<str>,
@@ -250,17 +251,23 @@ impl Queries {
                  last_error = ?3 where id = ?1"
             )
             .into(),
-            // `?1` is a JSON array of `[id, reason]`.
+            // `?1` is a JSON array of `[id, reason]`; returns the ids written,
+            // which leaves out those the dead-letter table already holds.
             copy_to_dead: format!(
                 "insert or ignore into {dead} (id, partition, partition_key, headers, payload, \
                  created_at, attempts, reason) \
                  select o.id, o.partition, o.partition_key, o.headers, o.payload, o.created_at, \
                  o.attempts, r.value ->> 1 from json_each(?1) as r \
-                 join {outbox} as o on o.id = r.value ->> 0"
+                 join {outbox} as o on o.id = r.value ->> 0 returning id"
             )
             .into(),
-            delete_moved: format!(
-                "delete from {outbox} where id in (select value ->> 0 from json_each(?1))"
+            // The rows of `[id, reason]` pairs still in the outbox.
+            left_behind: format!(
+                "select id from {outbox} where id in (select value ->> 0 from json_each(?1))"
+            )
+            .into(),
+            max_partition: format!(
+                "select max(partition) from {outbox} where delivered_at is null"
             )
             .into(),
             purge: format!(
@@ -285,6 +292,16 @@ impl Queries {
             delete_dead: format!("delete from {dead} where id in {ids}").into(),
         }
     }
+}
+
+/// The highest partition of the pending rows, if any.
+pub(crate) async fn max_partition(
+    pool: &SqlitePool,
+    queries: &Queries,
+) -> Result<Option<i64>, Error> {
+    Ok(sqlx::query_scalar(sql(&queries.max_partition))
+        .fetch_one(pool)
+        .await?)
 }
 
 /// A rendered statement, ready for `sqlx::query`.
