@@ -26,11 +26,25 @@
 //! The publisher computes [`partition_for`](postoffice_core::partition_for)
 //! (CRC-32 of the partition key, modulo the partition count) in Rust and stores
 //! it with the row. Publisher and pollers must be built with the same
-//! partition count (default [`DEFAULT_PARTITIONS`](postoffice_core::DEFAULT_PARTITIONS));
+//! partition count (default [`DEFAULT_PARTITIONS`](postoffice_core::DEFAULT_PARTITIONS),
+//! at most [`MAX_PARTITIONS`](crate::MAX_PARTITIONS));
 //! a poller serves only rows whose partition it owns. Several pollers in one
 //! process can own disjoint partition sets through
 //! [`owned_partitions`](PgSqlxOutboxPollerBuilder::owned_partitions) and run
 //! side by side, each with its own producer.
+//!
+//! The partition count belongs to the outbox: choose it when the outbox is
+//! first used and change it only while the outbox is empty (stop the
+//! publishers, let the relay drain, then restart everything with the new
+//! count). A key's old and new messages would otherwise sit in different
+//! partitions, which are sent side by side, so new ones could overtake old
+//! ones; and rows in a partition not below a poller's count are never served
+//! by it. Both builders therefore refuse with [`Error::PartitionMismatch`] an
+//! outbox holding pending rows in a partition not below their count, and a
+//! poller looks for such rows again every 10 seconds while it runs and logs a
+//! warning the first time it finds some (a publisher with a higher count
+//! started after it). A count raised with a backlog whose partitions are all
+//! below both counts is not detected.
 //!
 //! # Order
 //!
@@ -70,6 +84,18 @@
 //! grow with history. Remove old rows with
 //! [`PgSqlxOutboxPoller::purge_delivered`].
 //!
+//! The removal of confirmed rows is one statement for the ids the
+//! [`Producer`](postoffice_core::Producer) groups, across partitions. When
+//! another transaction holds a lock on one of those rows (a `select … for
+//! update`, or an `update` in an open session), the statement waits for it,
+//! and so does every partition whose confirmed messages are in the group:
+//! the relay stalls until that transaction ends. It has no lock timeout on
+//! purpose: a timeout would have the producer send every message of the group
+//! again each time. Do not lock outbox rows in application transactions; to
+//! find such a stall, look in `pg_stat_activity` for a `delete from …outbox`
+//! waiting on a `Lock` event and for the session it waits on
+//! (`pg_blocking_pids`).
+//!
 //! In both modes a delivered row leaves a dead entry in the pending index until
 //! vacuum removes it, and a poll steps over the dead entries at the head of
 //! each partition. The schema therefore asks autovacuum to visit the outbox
@@ -91,12 +117,38 @@
 //! nothing of the call is written. Any failure of the insert itself is
 //! [`PublishError::Store`](postoffice_core::PublishError::Store) wrapping
 //! [`Error::Database`]; the one statement wrote nothing, and Postgres has
-//! aborted the transaction, so roll it back.
+//! aborted the transaction, so roll it back: the caller's own writes in that
+//! transaction are lost with it.
+//!
+//! NUL is the only value checked before the insert. JSON that serde accepts
+//! but `jsonb` refuses fails the insert in that way and aborts the
+//! transaction: a lone UTF-16 surrogate escape in a string (`"\ud800"`, which
+//! a `serde_json::value::RawValue` or a custom serializer can produce), or a
+//! number beyond the range of Postgres' `numeric`. `jsonb` also normalizes
+//! what it stores: duplicate object keys keep the last value, keys are
+//! reordered and number text may change. Partition keys are stored as
+//! `bytea`; keep them small (a key of hundreds of megabytes fails the insert
+//! with an internal allocation error, and brokers refuse large keys anyway).
+//!
+//! # Rows that do not decode
 //!
 //! A stored row whose headers or payload no longer deserialize into the
-//! poller's `(H, P)` is moved to the dead-letter table with the serde error as
-//! its reason, in the same statement that deletes it from the outbox, and the
-//! relay goes on with the rows behind it.
+//! poller's `(H, P)`, or one of whose other columns cannot be read (a
+//! `next_attempt_at` or `created_at` of `infinity`, which chrono cannot
+//! hold), is moved to the dead-letter table with the error as its reason, in
+//! the same statement that deletes it from the outbox, and the relay goes on
+//! with the rows behind it.
+//!
+//! A row is deleted from the outbox only if it was written to the dead-letter
+//! table. If that table already holds its id (for example after
+//! `truncate … restart identity` on the outbox, or after the outbox was
+//! made again without the dead-letter table), the row stays pending: a
+//! [`DeadLetter`](postoffice_core::poller::DeadLetter) request fails with
+//! [`Error::NotSetAside`], so the producer logs it and tries the partition
+//! again later, and a row found not to decode during a fetch is logged as an
+//! error and holds its partition (nothing behind it is served) while the other
+//! partitions go on; the poller tries it again every 10 seconds. Purging the
+//! old dead letter with [`PgSqlxOutboxPoller::purge`] frees it at once.
 
 mod dead_letters;
 mod listener;

@@ -51,6 +51,15 @@
 //! [`partition_for`](postoffice_core::partition_for), as for Postgres:
 //! publisher and pollers must use the same partition count.
 //!
+//! # Partitions
+//!
+//! As for Postgres: the partition count (at most
+//! [`MAX_PARTITIONS`](crate::MAX_PARTITIONS)) belongs to the outbox; change it
+//! only while the outbox is empty. Both builders refuse with
+//! [`Error::PartitionMismatch`](crate::Error::PartitionMismatch) an outbox
+//! holding pending rows in a partition not below their count, and a running
+//! poller warns once when such rows appear (it looks every 10 seconds).
+//!
 //! # Order
 //!
 //! SQLite runs one write transaction at a time: a transaction that publishes
@@ -84,9 +93,16 @@
 //! sets `delivered_at`, polls read through a partial index over pending rows,
 //! and [`SqliteSqlxOutboxPoller::purge_delivered`] removes old delivered rows.
 //! A row whose headers or payload no longer deserialize into the poller's
-//! `(H, P)` is moved to the dead-letter table with the serde error as its
+//! `(H, P)`, or one of whose other columns cannot be read (a time that does
+//! not parse), is moved to the dead-letter table with the error as its
 //! reason, in one transaction with its removal from the outbox, and the relay
-//! goes on. List, replay and purge dead letters with
+//! goes on. Only rows written to the dead-letter table are removed: when it
+//! already holds a row's id, the row stays pending, a
+//! [`DeadLetter`](postoffice_core::poller::DeadLetter) request fails with
+//! [`Error::NotSetAside`](crate::Error::NotSetAside), and a row found not to
+//! decode during a fetch is logged as an error and holds its partition until
+//! the old dead letter is purged (tried again every 10 seconds, or at once
+//! after [`purge`](SqliteSqlxOutboxPoller::purge)). List, replay and purge dead letters with
 //! [`SqliteSqlxOutboxPoller::dead_letters`], [`replay`](SqliteSqlxOutboxPoller::replay)
 //! and [`purge`](SqliteSqlxOutboxPoller::purge); choose what a partition does
 //! after a dead letter with
