@@ -78,31 +78,57 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let pool = PgPoolOptions::new()
-            .max_connections(24)
-            .connect(&url)
-            .await?;
+        let mut options = PgPoolOptions::new().max_connections(24);
+        if let Ok(min) = std::env::var("BENCH_AUTO_EXPLAIN") {
+            // Plans of statements slower than `min` go to the server log
+            // (needs a superuser; for finding what limits a figure).
+            options = options.after_connect(move |conn, _| {
+                let setup = format!(
+                    "load 'auto_explain'; set auto_explain.log_min_duration = '{min}'; \
+                     set auto_explain.log_analyze = on; set auto_explain.log_buffers = on"
+                );
+                Box::pin(async move {
+                    sqlx::raw_sql(AssertSqlSafe(setup)).execute(conn).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(&url).await?;
         println!("postgres: {url}");
         if wants("publish") {
+            let started = Instant::now();
             publish(&pool).await?;
+            eprintln!("publish: {:.1} s", started.elapsed().as_secs_f64());
         }
         if wants("drain") {
+            let started = Instant::now();
             drain(&pool).await?;
+            eprintln!("drain: {:.1} s", started.elapsed().as_secs_f64());
         }
         if wants("latency") {
+            let started = Instant::now();
             latency(&pool).await?;
+            eprintln!("latency: {:.1} s", started.elapsed().as_secs_f64());
         }
         if wants("partitions") {
+            let started = Instant::now();
             partitions(&pool).await?;
+            eprintln!("partitions: {:.1} s", started.elapsed().as_secs_f64());
         }
         if wants("modes") {
+            let started = Instant::now();
             modes(&pool).await?;
+            eprintln!("modes: {:.1} s", started.elapsed().as_secs_f64());
         }
         if wants("backlog") {
+            let started = Instant::now();
             backlog(&pool).await?;
+            eprintln!("backlog: {:.1} s", started.elapsed().as_secs_f64());
         }
         if wants("brokers") {
+            let started = Instant::now();
             brokers::run(&pool).await?;
+            eprintln!("brokers: {:.1} s", started.elapsed().as_secs_f64());
         }
         Ok(())
     })
@@ -182,10 +208,15 @@ impl Scenario {
 
     /// The baseline: the same rows by one hand-written multi-row statement
     /// per transaction, serializing and hashing the same way.
+    ///
+    /// Each row's text is cast to jsonb as it is read: casting the whole
+    /// `text[]` to `jsonb[]` first builds a second array and costs about 50%
+    /// more at 10k rows (EXPLAIN ANALYZE: 110 ms against 90 ms).
     async fn publish_raw(&self, first: u64, count: u64, per_tx: u64) -> anyhow::Result<()> {
         let sql = format!(
             "insert into {} (partition, partition_key, headers, payload) \
-             select * from unnest($1::int[], $2::bytea[], $3::text[]::jsonb[], $4::text[]::jsonb[])",
+             select m.p, m.k, m.h::jsonb, m.b::jsonb \
+             from unnest($1::int4[], $2::bytea[], $3::text[], $4::text[]) as m(p, k, h, b)",
             self.table()
         );
         let mut seq = first;
@@ -217,6 +248,44 @@ impl Scenario {
             seq = end;
         }
         Ok(())
+    }
+
+    async fn analyze(&self) -> anyhow::Result<()> {
+        sqlx::query(AssertSqlSafe(format!("analyze {}", self.table())))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Heap and index blocks hit and read, WAL bytes and checkpoints so far,
+    /// for `BENCH_DIAG` output.
+    async fn diag(&self) -> anyhow::Result<Vec<f64>> {
+        let sql = format!(
+            "select heap_blks_hit::float8, heap_blks_read::float8, \
+             coalesce(idx_blks_hit, 0)::float8, coalesce(idx_blks_read, 0)::float8, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8, \
+             (select (checkpoints_timed + checkpoints_req)::float8 from pg_stat_bgwriter) \
+             from pg_statio_user_tables where relid = '{}'::regclass",
+            self.table()
+        );
+        let row: (f64, f64, f64, f64, f64, f64) = sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(vec![row.0, row.1, row.2, row.3, row.4, row.5])
+    }
+
+    /// Blocks of the outbox table and its indexes found in shared buffers
+    /// and read from outside them, so far.
+    async fn blocks(&self) -> anyhow::Result<(i64, i64)> {
+        let sql = format!(
+            "select (coalesce(heap_blks_hit, 0) + coalesce(idx_blks_hit, 0))::int8, \
+             (coalesce(heap_blks_read, 0) + coalesce(idx_blks_read, 0))::int8 \
+             from pg_statio_user_tables where relid = '{}'::regclass",
+            self.table()
+        );
+        Ok(sqlx::query_as(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     async fn truncate(&self) -> anyhow::Result<()> {
@@ -293,11 +362,29 @@ async fn drain_lib(
     deletion: DeletionMode,
     batch_size: usize,
 ) -> anyhow::Result<f64> {
+    let read_ahead = Some(Duration::from_secs(1));
+    drain_with(
+        scenario, count, partitions, deletion, batch_size, read_ahead,
+    )
+    .await
+}
+
+/// As [`drain_lib`], with the producer's read-ahead window given.
+async fn drain_with(
+    scenario: &Scenario,
+    count: u64,
+    partitions: u32,
+    deletion: DeletionMode,
+    batch_size: usize,
+    read_ahead: Option<Duration>,
+) -> anyhow::Result<f64> {
     let poller = scenario
         .poller(partitions, false, deletion, Duration::from_millis(50))
         .await?;
     let received: InMemory<Msg> = InMemory::default();
-    let producer = Producer::new(poller, Transport::new(received.clone())).batch_size(batch_size);
+    let producer = Producer::new(poller, Transport::new(received.clone()))
+        .batch_size(batch_size)
+        .read_ahead(read_ahead);
     let token = CancellationToken::new();
     let started = Instant::now();
     let relay = tokio::spawn(producer.run(token.clone()));
@@ -341,45 +428,72 @@ async fn drain_raw(scenario: &Scenario, count: u64) -> anyhow::Result<f64> {
     Ok(rate(count, started.elapsed()))
 }
 
+/// Empties the outbox, fills it with `count` rows and analyzes it.
+///
+/// Autovacuum is off on the benchmark server, so without the `truncate` a
+/// drain would start behind the dead rows of the drain before it (a poll
+/// walked 1M dead index entries, 425k blocks read, 1.4 s), and without the
+/// `analyze` the planner takes the table for empty and reads every row of a
+/// partition per poll, in the baseline's plan as in the relay's.
 async fn fill(scenario: &Scenario, count: u64) -> anyhow::Result<()> {
+    scenario.truncate().await?;
     scenario.publish_raw(0, count, 10_000).await?;
-    sqlx::query(AssertSqlSafe(format!("analyze {}", scenario.table())))
-        .execute(&scenario.pool)
-        .await?;
-    Ok(())
+    scenario.analyze().await
 }
 
 async fn drain(pool: &PgPool) -> anyhow::Result<()> {
     let count = 100_000;
     println!("\n## drain of a {count} backlog to the in-memory transport (msgs/s, median of 3)");
     println!(
-        "| raw DELETE … RETURNING loop, {BASELINE_BATCH}/stmt | postoffice, 16 partitions x 64/fetch | ratio |"
+        "| raw DELETE … RETURNING loop, {BASELINE_BATCH}/stmt | postoffice, 16 partitions x 64/fetch | ratio | same, read-ahead off | ratio |"
     );
-    println!("|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|");
     let scenario = Scenario::new(pool, PARTITIONS, false).await?;
-    let (mut raw, mut lib) = (Vec::new(), Vec::new());
+    let (mut raw, mut lib, mut plain) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..3 {
         fill(&scenario, count).await?;
         raw.push(drain_raw(&scenario, count).await?);
         fill(&scenario, count).await?;
         lib.push(drain_lib(&scenario, count, PARTITIONS, DeletionMode::Physical, 64).await?);
+        fill(&scenario, count).await?;
+        plain.push(
+            drain_with(
+                &scenario,
+                count,
+                PARTITIONS,
+                DeletionMode::Physical,
+                64,
+                None,
+            )
+            .await?,
+        );
     }
-    let (raw, lib) = (median(raw), median(lib));
-    println!("| {raw:.0} | {lib:.0} | {:.2} |", lib / raw);
+    let (raw, lib, plain) = (median(raw), median(lib), median(plain));
+    println!(
+        "| {raw:.0} | {lib:.0} | {:.2} | {plain:.0} | {:.2} |",
+        lib / raw,
+        plain / raw
+    );
     scenario.drop_schema().await
 }
 
 async fn partitions(pool: &PgPool) -> anyhow::Result<()> {
     let count = 100_000;
-    println!("\n## drain of {count} by partition count (msgs/s; ~1024 rows per fetch)");
-    println!("| partitions | postoffice |");
-    println!("|---:|---:|");
+    println!("\n## drain of {count} by partition count (msgs/s; 1024 rows per fetch)");
+    println!("| partitions | raw DELETE loop | postoffice | ratio |");
+    println!("|---:|---:|---:|---:|");
     for parts in [1_u32, 4, 16] {
         let scenario = Scenario::new(pool, parts, false).await?;
+        // Through the library, so rows land in this outbox's partitions.
         scenario.publish_lib(0, count, 10_000).await?;
+        scenario.analyze().await?;
+        let raw = drain_raw(&scenario, count).await?;
+        scenario.truncate().await?;
+        scenario.publish_lib(0, count, 10_000).await?;
+        scenario.analyze().await?;
         let batch = (1024 / parts as usize).max(1);
         let lib = drain_lib(&scenario, count, parts, DeletionMode::Physical, batch).await?;
-        println!("| {parts} | {lib:.0} |");
+        println!("| {parts} | {raw:.0} | {lib:.0} | {:.2} |", lib / raw);
         scenario.drop_schema().await?;
     }
     Ok(())
@@ -405,7 +519,8 @@ async fn modes(pool: &PgPool) -> anyhow::Result<()> {
          where partition = 3 and delivered_at is null order by id limit 64",
         t = logical.table()
     );
-    fill(&logical, 10).await?;
+    logical.publish_raw(0, 10, 10).await?;
+    logical.analyze().await?;
     let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql.as_str()))
         .fetch_all(&logical.pool)
         .await?;
@@ -417,22 +532,66 @@ async fn modes(pool: &PgPool) -> anyhow::Result<()> {
 }
 
 async fn backlog(pool: &PgPool) -> anyhow::Result<()> {
-    println!("\n## drain rate by backlog size (msgs/s)");
-    println!("| backlog | postoffice | raw DELETE loop | ratio to raw |");
-    println!("|---:|---:|---:|---:|");
-    let mut rates = Vec::new();
+    println!(
+        "\n## drain rate by backlog size (msgs/s; blocks per 1000 messages, hit in shared buffers / read from outside)"
+    );
+    println!("| backlog | raw DELETE loop | blocks | postoffice | blocks | ratio to raw |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let (mut lib_rates, mut raw_rates) = (Vec::new(), Vec::new());
     for count in [100_000_u64, 1_000_000] {
         let scenario = Scenario::new(pool, PARTITIONS, false).await?;
+        let per_k = |(hit0, read0): (i64, i64), (hit1, read1): (i64, i64)| {
+            let k = count as f64 / 1000.0;
+            format!(
+                "{:.0} / {:.0}",
+                (hit1 - hit0) as f64 / k,
+                (read1 - read0) as f64 / k
+            )
+        };
+        let diag = std::env::var_os("BENCH_DIAG").is_some();
+        let show = |name: &str, a: Vec<f64>, b: Vec<f64>| {
+            if diag {
+                let k = count as f64 / 1000.0;
+                let d: Vec<String> = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| format!("{:.1}", (y - x) / k))
+                    .collect();
+                eprintln!(
+                    "{name} {count}: per 1000 msgs heap hit/read, idx hit/read, wal bytes, checkpoints: {}",
+                    d.join(" ")
+                );
+            }
+        };
         fill(&scenario, count).await?;
+        let before = scenario.blocks().await?;
+        let d0 = scenario.diag().await?;
         let raw = drain_raw(&scenario, count).await?;
+        show("raw", d0, scenario.diag().await?);
+        let raw_blocks = per_k(before, scenario.blocks().await?);
         fill(&scenario, count).await?;
+        let before = scenario.blocks().await?;
+        let d0 = scenario.diag().await?;
+        if diag {
+            eprintln!("postoffice drain of {count} starts");
+        }
         let lib = drain_lib(&scenario, count, PARTITIONS, DeletionMode::Physical, 64).await?;
-        println!("| {count} | {lib:.0} | {raw:.0} | {:.2} |", lib / raw);
-        rates.push(lib);
+        show("postoffice", d0, scenario.diag().await?);
+        let lib_blocks = per_k(before, scenario.blocks().await?);
+        println!(
+            "| {count} | {raw:.0} | {raw_blocks} | {lib:.0} | {lib_blocks} | {:.2} |",
+            lib / raw
+        );
+        lib_rates.push(lib);
+        raw_rates.push(raw);
         scenario.drop_schema().await?;
     }
-    if let [small, large] = rates[..] {
-        println!("1M backlog rate / 100k backlog rate: {:.2}", large / small);
+    if let ([small, large], [raw_small, raw_large]) = (&lib_rates[..], &raw_rates[..]) {
+        println!(
+            "1M backlog rate / 100k backlog rate: postoffice {:.2}, raw DELETE loop {:.2}",
+            large / small,
+            raw_large / raw_small
+        );
     }
     Ok(())
 }
@@ -524,6 +683,183 @@ async fn latency(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(any(feature = "amqp", feature = "kafka"))]
+mod brokers {
+    use super::*;
+    use futures_util::StreamExt;
+    use postoffice::{JsonLayer, MessageId, Sender};
+    use tower::{ServiceBuilder, ServiceExt};
+
+    const COUNT: u64 = 50_000;
+    /// Sends of one partition waiting for the broker at once.
+    const IN_FLIGHT: usize = 64;
+
+    pub(super) async fn run(pool: &PgPool) -> anyhow::Result<()> {
+        println!(
+            "\n## drain of a {COUNT} backlog to brokers (msgs/s; 16 partitions x 64/fetch, {IN_FLIGHT} sends in flight per partition, JsonLayer)"
+        );
+        println!(
+            "| broker | broker alone, no database | raw DELETE loop | postoffice | ratio to the lower of the two |"
+        );
+        println!("|---|---:|---:|---:|---:|");
+        #[cfg(feature = "amqp")]
+        rabbitmq(pool).await?;
+        #[cfg(feature = "kafka")]
+        kafka(pool).await?;
+        Ok(())
+    }
+
+    /// The same messages the backlog holds, built in memory.
+    fn messages(count: u64) -> impl Iterator<Item = Msg> {
+        (0..count).map(|seq| {
+            let (headers, payload) = message(seq);
+            let key = headers.partition_key();
+            let partition = partition_for(&key, PARTITIONS);
+            let id = MessageId::new(i64::try_from(seq).unwrap_or(i64::MAX) + 1);
+            Message::new(
+                id,
+                key,
+                partition,
+                headers,
+                payload,
+                0,
+                chrono::Utc::now(),
+                None,
+            )
+        })
+    }
+
+    /// The broker's own ceiling: every message sent through the same
+    /// transport stack as fast as it takes them, no database involved.
+    async fn alone<T>(transport: T, count: u64) -> anyhow::Result<f64>
+    where
+        T: Sender<Headers, Payload>,
+    {
+        let started = Instant::now();
+        let mut sent = 0_u64;
+        let mut replies = transport
+            .call_all(futures_util::stream::iter(messages(count)))
+            .unordered();
+        while let Some(reply) = replies.next().await {
+            reply.map_err(|e| anyhow::anyhow!("send failed: {}", e.into()))?;
+            sent += 1;
+        }
+        anyhow::ensure!(sent == count, "sent {sent} of {count}");
+        Ok(rate(count, started.elapsed()))
+    }
+
+    /// Relays a `count` backlog through `transport`; msgs/s until the last
+    /// row is gone.
+    async fn relay<T>(scenario: &Scenario, count: u64, transport: T) -> anyhow::Result<f64>
+    where
+        T: Sender<Headers, Payload>,
+    {
+        let poller = scenario
+            .poller(
+                PARTITIONS,
+                false,
+                DeletionMode::Physical,
+                Duration::from_millis(50),
+            )
+            .await?;
+        let producer = Producer::new(poller, Transport::new(transport))
+            .batch_size(64)
+            .in_flight_per_partition(IN_FLIGHT);
+        let token = CancellationToken::new();
+        let started = Instant::now();
+        let running = tokio::spawn(producer.run(token.clone()));
+        while scenario.pending().await? > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let took = started.elapsed();
+        token.cancel();
+        running.await??;
+        Ok(rate(count, took))
+    }
+
+    async fn compare<T>(pool: &PgPool, name: &str, transport: T) -> anyhow::Result<()>
+    where
+        T: Sender<Headers, Payload>,
+    {
+        let broker = alone(transport.clone(), COUNT).await?;
+        let scenario = Scenario::new(pool, PARTITIONS, false).await?;
+        fill(&scenario, COUNT).await?;
+        let raw = drain_raw(&scenario, COUNT).await?;
+        fill(&scenario, COUNT).await?;
+        let lib = relay(&scenario, COUNT, transport).await?;
+        scenario.drop_schema().await?;
+        println!(
+            "| {name} | {broker:.0} | {raw:.0} | {lib:.0} | {:.2} |",
+            lib / broker.min(raw)
+        );
+        Ok(())
+    }
+
+    #[cfg(feature = "amqp")]
+    async fn rabbitmq(pool: &PgPool) -> anyhow::Result<()> {
+        use postoffice::transport::RabbitMq;
+        use postoffice::transport::amqp::lapin;
+
+        let url = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+        let queue = format!("postoffice-bench-{:08x}", rand::random::<u32>());
+        let connection =
+            lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await?;
+        // The default exchange routes by queue name.
+        let rabbit = RabbitMq::builder(url.clone())
+            .routing_key(queue.clone())
+            .routing_key_header(None)
+            .connect()
+            .await?;
+        let transport = ServiceBuilder::new()
+            .layer(JsonLayer::new())
+            .service(rabbit);
+        let result = compare(pool, "RabbitMQ (persistent, confirms)", transport).await;
+        channel
+            .queue_delete(
+                queue.as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await?;
+        connection.close(0, "bench done".into()).await?;
+        result
+    }
+
+    #[cfg(feature = "kafka")]
+    async fn kafka(pool: &PgPool) -> anyhow::Result<()> {
+        use postoffice::transport::Kafka;
+        use postoffice::transport::kafka::rdkafka;
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+
+        let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let topic = format!("postoffice-bench-{:08x}", rand::random::<u32>());
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()?;
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let partitions = i32::try_from(PARTITIONS)?;
+        let new = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+        for result in admin.create_topics([&new], &options).await? {
+            result.map_err(|(name, code)| anyhow::anyhow!("creating topic {name}: {code}"))?;
+        }
+        let kafka = Kafka::builder(brokers).topic(topic.clone()).build()?;
+        let transport = ServiceBuilder::new().layer(JsonLayer::new()).service(kafka);
+        let result = compare(pool, "Kafka (tansu, idempotent, acks=all)", transport).await;
+        admin.delete_topics(&[topic.as_str()], &options).await?;
+        result
+    }
+}
+
+#[cfg(not(any(feature = "amqp", feature = "kafka")))]
 mod brokers {
     use super::*;
 
