@@ -5,6 +5,8 @@
 #                             listens on the KAFKA_BROKERS address
 #   scripts/kafka.sh --pid    print the pid of the broker this script started
 #   scripts/kafka.sh --stop   stop the broker this script started
+#   scripts/kafka.sh --bin    install tansu if missing and print the binary's path
+#                             (the fault suite starts a second, SQLite-backed broker)
 #
 # The broker is tansu (https://github.com/tansu-io/tansu) with memory storage. It
 # is installed with `cargo install` into a cache directory kept between runs; the
@@ -24,7 +26,8 @@ set -euo pipefail
 
 cache_default="${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/postoffice"
 cache="${POSTOFFICE_CACHE:-$cache_default}"
-root="$cache/tansu"
+# The directory names the version and features, so a change rebuilds.
+root="$cache/tansu-0.6.0-libsql"
 target_dir="$cache/tansu-target"
 tansu="$root/bin/tansu"
 pid_file="${TANSU_PID_FILE:-$cache/tansu.pid}"
@@ -80,7 +83,7 @@ install_tansu() {
   command -v cargo >/dev/null || die "cargo is needed to install tansu"
   log "installing tansu 0.6.0 into $root (compiles for about 12 minutes, once)"
   mkdir -p "$cache"
-  cargo install tansu --version 0.6.0 --locked --features dynostore,postgres \
+  cargo install tansu --version 0.6.0 --locked --features dynostore,libsql,postgres \
     --root "$root" --target-dir "$target_dir"
 }
 
@@ -147,6 +150,7 @@ case "${1:-}" in
   "") start ;;
   --pid) running_pid || die "no broker started by this script is running (pid file: $pid_file)" ;;
   --stop) stop ;;
-  -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' ;;
-  *) die "unknown argument: $1 (use --pid, --stop or nothing)" ;;
+  --bin) install_tansu >&2 && echo "$tansu" ;;
+  -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) die "unknown argument: $1 (use --pid, --stop, --bin or nothing)" ;;
 esac
