@@ -335,8 +335,7 @@ fn fetch_sql(table: &str) -> String {
          o.created_at, o.next_attempt_at from {table} as o \
          where (o.partition, o.id) > (p.partition, p.after) \
          and o.partition <= p.partition and o.delivered_at is null \
-         order by o.partition, o.id limit $2) as m \
-         order by m.partition, m.id"
+         order by o.partition, o.id limit $2) as m"
     )
 }
 

@@ -275,8 +275,7 @@ impl Queries {
              o.created_at, o.next_attempt_at from {outbox} as o \
              where (o.partition, o.id) > (p.partition, p.after) \
              and o.partition <= p.partition and o.delivered_at is null \
-             order by o.partition, o.id limit $2) as m \
-             order by m.partition, m.id"
+             order by o.partition, o.id limit $2) as m"
         );
         // The rows are locked first, so that a row removed meanwhile (for
         // example confirmed by another statement) is left out. Only rows that
