@@ -305,6 +305,7 @@ mod transports {
     }
 
     /// Sends through `inner`, then records what it confirmed.
+    #[cfg(any(feature = "amqp", feature = "kafka"))]
     fn recording<S>(inner: S, received: InMemory<EncodedMessage>) -> Sender
     where
         S: Service<EncodedMessage> + Clone + Send + Sync + 'static,

@@ -127,3 +127,14 @@ pub mod layer {
 
 #[cfg(feature = "cloudevents")]
 pub use postoffice_cloudevents::JsonCloudEventsLayer;
+
+/// The README's Rust snippets, compiled as doc tests.
+#[cfg(all(
+    doctest,
+    feature = "postgres",
+    feature = "amqp",
+    feature = "kafka",
+    feature = "cloudevents"
+))]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
