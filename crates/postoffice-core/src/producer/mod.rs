@@ -452,7 +452,9 @@ where
             discard,
             ..
         } = done;
+        let mut answered = Vec::new();
         for (partition, batch) in by_partition(messages) {
+            answered.push(partition);
             if discard.contains(&partition) {
                 continue;
             }
@@ -480,10 +482,11 @@ where
                 }
             }
         }
-        for partition in cursors.keys() {
-            if let Some(busy) = self.busy.get_mut(partition)
-                && busy.next.is_none()
-            {
+        // A partition read above its cursor that got nothing has nothing
+        // more for now. (One that got rows but had finished meanwhile was
+        // started above and may read ahead again.)
+        for partition in cursors.keys().filter(|p| !answered.contains(p)) {
+            if let Some(busy) = self.busy.get_mut(partition) {
                 busy.more = false;
             }
         }
