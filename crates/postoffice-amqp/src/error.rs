@@ -8,8 +8,8 @@ use postoffice_core::{MessageId, SendError};
 /// not start.
 ///
 /// The service hands these to the producer wrapped in a [`SendError`] whose
-/// kind follows [`Error::is_permanent`]: only [`Error::TooLarge`] and
-/// [`Error::InvalidProperty`] are permanent (the message would fail the same
+/// kind follows [`Error::is_permanent`]: only [`Error::TooLarge`],
+/// [`Error::HeadersTooLarge`] and [`Error::InvalidProperty`] are permanent (the message would fail the same
 /// way on every try and goes to the dead letters); everything else is worth
 /// trying again later.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +85,20 @@ pub enum Error {
         /// The configured maximum.
         max: usize,
     },
+    /// The AMQP properties, headers included, do not fit in one frame of the
+    /// size negotiated with the broker (`frame_max`, 128 KiB by default), so
+    /// the broker would close the connection on the publish.
+    #[error(
+        "message {id} has properties and headers of {size} bytes, above the broker's frame size of {max} bytes"
+    )]
+    HeadersTooLarge {
+        /// The message.
+        id: MessageId,
+        /// The size of the content header frame.
+        size: usize,
+        /// The negotiated frame size.
+        max: usize,
+    },
     /// A routing key, exchange name, content type or header name does not fit
     /// in an AMQP short string (255 bytes).
     #[error("message {id} has a {field} longer than 255 bytes")]
@@ -109,7 +123,10 @@ pub enum Error {
 impl Error {
     /// Whether trying the same message again cannot help.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::TooLarge { .. } | Self::InvalidProperty { .. })
+        matches!(
+            self,
+            Self::TooLarge { .. } | Self::HeadersTooLarge { .. } | Self::InvalidProperty { .. }
+        )
     }
 
     /// The message this error is about, if it is about one.
@@ -122,6 +139,7 @@ impl Error {
             | Self::ConnectionLost { id }
             | Self::HeldBack { id }
             | Self::TooLarge { id, .. }
+            | Self::HeadersTooLarge { id, .. }
             | Self::InvalidProperty { id, .. }
             | Self::NotReady { id } => Some(*id),
             Self::Connect(_) | Self::Stopped => None,

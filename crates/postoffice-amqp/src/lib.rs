@@ -43,7 +43,7 @@
 //!
 //! | property | value |
 //! |---|---|
-//! | `message_id` | the outbox message id, in decimal |
+//! | `message_id` | the outbox message id, in decimal (kept whatever [`properties`](RabbitMqBuilder::properties) returns) |
 //! | `content_type` | the encoded message's content type |
 //! | `headers` | the string, number and boolean header fields as long strings, plus the encoder's attributes |
 //! | `delivery_mode` | 2 (persistent) |
@@ -55,12 +55,27 @@
 //! resolves the call; an unroutable message (returned by the broker), a nack,
 //! a channel or connection failure and a missing confirm after
 //! [`confirm_timeout`](RabbitMqBuilder::confirm_timeout) fail it with a
-//! retryable error, so its row stays and is sent again. A body above
-//! [`max_message_size`](RabbitMqBuilder::max_message_size) fails at once with
-//! a permanent error, so the producer sets that message aside and the others
-//! keep flowing: the check is made here, because a publish above the broker's
-//! limit would close the channel that every message shares. The errors are
-//! [`SendError`](postoffice_core::SendError)s whose source is an [`Error`].
+//! retryable error, so its row stays and is sent again.
+//!
+//! A message counts as delivered only when it was acked **and** the broker
+//! did not return it. lapin hands each returned message to whichever confirm
+//! it resolves next, which is not always the returned message's own when
+//! several publishes wait for their confirms; so the transport matches
+//! returns to publishes by the `message_id` property (the outbox id), never by
+//! the confirm that carried them. The broker sends a message's return before
+//! its ack, and every confirm is awaited to its end, even after its caller
+//! timed out, so no return goes unseen.
+//!
+//! Two checks are made before publishing, because the broker reacts to
+//! either by closing the channel or the connection that every message
+//! shares: a body above
+//! [`max_message_size`](RabbitMqBuilder::max_message_size) fails with
+//! [`Error::TooLarge`], and properties and headers that do not fit in one
+//! frame of the size negotiated with the broker (`frame_max`, 128 KiB by
+//! default in RabbitMQ) fail with [`Error::HeadersTooLarge`]. Both are
+//! permanent, so the producer sets that message aside and the others keep
+//! flowing. The errors are [`SendError`](postoffice_core::SendError)s whose
+//! source is an [`Error`].
 //!
 //! # Pipelining and order
 //!
@@ -77,6 +92,15 @@
 //! again, in order, after the failed one. Messages already published when the
 //! failure happened may still arrive first; they arrive again after it
 //! (a duplicate, never a gap).
+//!
+//! This holds for retries made by the producer, which stops the partition
+//! and resends from the failed message. tower's `RetryLayer` in front of the
+//! transport does not stop the partition: it resends the failed message
+//! after its own sleep, while the producer keeps calling with the next
+//! messages, so with `in_flight_per_partition` above 1 the retried message
+//! reaches the broker after later messages of its key. Use `RetryLayer` only
+//! with `Producer::in_flight_per_partition(1)`, or, when pipelining, leave
+//! retries to the producer's partition backoff.
 //!
 //! # Recovery
 //!

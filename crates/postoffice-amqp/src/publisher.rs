@@ -2,19 +2,20 @@
 //! messages in call order, resolves each call when the broker's confirm
 //! arrives, and reconnects when the channel or the connection fails.
 
-use std::collections::HashMap;
-use std::pin::Pin;
+use std::collections::{HashMap, VecDeque};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use futures_util::stream::{FuturesUnordered, Stream};
 use futures_util::{FutureExt, StreamExt};
+use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::LongString;
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties, Event, PublisherConfirm};
 use postoffice_core::MessageId;
 use postoffice_core::retry::Backoff;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
@@ -48,6 +49,9 @@ pub(crate) struct Waiter {
 pub(crate) struct Connector {
     pub(crate) url: String,
     pub(crate) connection_name: Option<String>,
+    /// The largest frame the current connection takes (0 until the first
+    /// connection), read by the service to check a message's header size.
+    pub(crate) frame_max: Arc<AtomicU32>,
 }
 
 /// An open connection and its confirm-mode channel.
@@ -64,6 +68,8 @@ impl Connector {
             properties = properties.with_connection_name(LongString::from(name.as_str()));
         }
         let connection = Connection::connect(&self.url, properties).await?;
+        self.frame_max
+            .store(connection.configuration().frame_max(), Ordering::Relaxed);
         let channel = open_channel(&connection).await?;
         let events = Box::pin(connection.events_listener());
         Ok(Link {
@@ -85,10 +91,69 @@ async fn open_channel(connection: &Connection) -> Result<Channel, lapin::Error> 
 /// How long a failed channel's pending confirms may take to report its error.
 const CONFIRM_DRAIN: Duration = Duration::from_millis(100);
 
-type Confirmed = (
-    u64,
-    Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>,
-);
+/// What became of the confirm of one publish.
+struct Settled {
+    /// The call number of the publish.
+    seq: u64,
+    id: MessageId,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// The broker answered, or the channel failed, before the confirm
+    /// timeout.
+    Answered(Result<Confirmation, lapin::Error>),
+    /// The confirm timeout passed first. The confirm is still awaited: lapin
+    /// may hand it a message the broker returned, and that return must not be
+    /// missed.
+    TimedOut(PublisherConfirm),
+    /// The answer to a publish whose caller already got a timeout.
+    Late(Result<Confirmation, lapin::Error>),
+}
+
+/// Why the broker returned a message.
+struct Returned {
+    exchange: String,
+    routing_key: String,
+    reply_code: u16,
+    reply_text: String,
+}
+
+impl Returned {
+    fn into_error(self, id: MessageId) -> Error {
+        Error::Unroutable {
+            id,
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            reply_code: self.reply_code,
+            reply_text: self.reply_text,
+        }
+    }
+}
+
+/// Awaits the confirm of call `seq` until `deadline` (none for a confirm
+/// whose caller already timed out).
+fn awaiting(
+    seq: u64,
+    id: MessageId,
+    confirm: PublisherConfirm,
+    deadline: Option<Instant>,
+) -> BoxFuture<'static, Settled> {
+    async move {
+        let outcome = match deadline {
+            None => Outcome::Late(confirm.await),
+            Some(deadline) => {
+                let timer = pin!(tokio::time::sleep_until(deadline));
+                match futures_util::future::select(confirm, timer).await {
+                    Either::Left((answer, _)) => Outcome::Answered(answer),
+                    Either::Right(((), confirm)) => Outcome::TimedOut(confirm),
+                }
+            }
+        };
+        Settled { seq, id, outcome }
+    }
+    .boxed()
+}
 
 pub(crate) struct Publisher {
     pub(crate) connector: Connector,
@@ -98,7 +163,14 @@ pub(crate) struct Publisher {
     pub(crate) confirm_timeout: Duration,
     /// Published messages waiting for their confirm, by call number.
     waiting: HashMap<u64, Waiter>,
-    confirms: FuturesUnordered<BoxFuture<'static, Confirmed>>,
+    /// The confirms awaited on the current channel, including those whose
+    /// caller already timed out.
+    confirms: FuturesUnordered<BoxFuture<'static, Settled>>,
+    /// How many publishes of each message id await their confirm.
+    unconfirmed: HashMap<MessageId, usize>,
+    /// Messages the broker returned whose publish's confirm is not processed
+    /// yet, by the `message_id` property they carry.
+    returned: HashMap<MessageId, VecDeque<Returned>>,
 }
 
 impl Publisher {
@@ -117,6 +189,8 @@ impl Publisher {
             confirm_timeout,
             waiting: HashMap::new(),
             confirms: FuturesUnordered::new(),
+            unconfirmed: HashMap::new(),
+            returned: HashMap::new(),
         }
     }
 
@@ -149,8 +223,15 @@ impl Publisher {
             // Each branch says whether the channel is still usable.
             healthy = tokio::select! {
                 () = stop.cancelled() => break,
-                Some((seq, outcome)) = self.confirms.next(), if !self.confirms.is_empty() => {
-                    self.settle(seq, outcome)
+                Some(first) = self.confirms.next(), if !self.confirms.is_empty() => {
+                    // Take every confirm that is ready now, so that a return
+                    // lapin handed to one of them is known before any ack
+                    // among them counts as delivered.
+                    let mut batch = vec![first];
+                    while let Some(Some(more)) = self.confirms.next().now_or_never() {
+                        batch.push(more);
+                    }
+                    self.settle_all(batch)
                 }
                 job = jobs.recv() => match job {
                     Some(job) => self.publish(&current.channel, job).await,
@@ -211,10 +292,11 @@ impl Publisher {
             .await
         {
             Ok(confirm) => {
+                let id = waiter.id;
                 self.waiting.insert(seq, waiter);
-                let confirmed = tokio::time::timeout_at(deadline, confirm);
+                *self.unconfirmed.entry(id).or_default() += 1;
                 self.confirms
-                    .push(confirmed.map(move |outcome| (seq, outcome)).boxed());
+                    .push(awaiting(seq, id, confirm, Some(deadline)));
                 true
             }
             Err(source) => {
@@ -225,40 +307,139 @@ impl Publisher {
         }
     }
 
-    /// Resolves a published message with its confirm; `false` when the
-    /// channel failed.
-    fn settle(
-        &mut self,
-        seq: u64,
-        outcome: Result<Result<Confirmation, lapin::Error>, tokio::time::error::Elapsed>,
-    ) -> bool {
-        let Some(waiter) = self.waiting.remove(&seq) else {
-            return true;
-        };
-        let id = waiter.id;
+    /// Resolves the published messages whose confirms are in `batch`;
+    /// `false` when the channel failed.
+    ///
+    /// lapin hands a message the broker returned to whichever confirm it
+    /// resolves next, which need not be the returned message's own (several
+    /// confirms may resolve at once, in no particular order). So the returns
+    /// of the whole batch are collected first, keyed by the `message_id`
+    /// property the transport sets to the outbox id, and a message counts as
+    /// delivered only when it was acked and no return carries its id. The
+    /// broker sends a message's return before its ack, and lapin resolves the
+    /// confirm that carries a return no later than the returned message's
+    /// own, so the return is known by the time that ack is processed.
+    fn settle_all(&mut self, mut batch: Vec<Settled>) -> bool {
+        for settled in &mut batch {
+            // A confirm that timed out may have been answered since, carrying
+            // another message's return.
+            if let Outcome::TimedOut(confirm) = &mut settled.outcome
+                && let Some(answer) = confirm.now_or_never()
+            {
+                settled.outcome = Outcome::Answered(answer);
+            }
+            if let Outcome::Answered(Ok(confirmation)) | Outcome::Late(Ok(confirmation)) =
+                &mut settled.outcome
+                && let Confirmation::Ack(returned) | Confirmation::Nack(returned) = confirmation
+                && let Some(message) = returned.take()
+            {
+                self.note_returned(message, settled.id);
+            }
+        }
         let mut healthy = true;
-        let result = match outcome {
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)))) => {
-                Err(Error::Unroutable {
-                    id,
-                    exchange: returned.delivery.exchange.to_string(),
-                    routing_key: returned.delivery.routing_key.to_string(),
-                    reply_code: returned.reply_code,
-                    reply_text: returned.reply_text.to_string(),
-                })
+        for settled in batch {
+            healthy &= self.settle(settled);
+        }
+        healthy
+    }
+
+    /// Records a message the broker returned, under its `message_id`;
+    /// `carrier` is the message whose confirm lapin handed it to.
+    fn note_returned(&mut self, message: BasicReturnMessage, carrier: MessageId) {
+        let id = message
+            .delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse::<i64>().ok())
+            .map(MessageId::new);
+        let returned = Returned {
+            exchange: message.delivery.exchange.to_string(),
+            routing_key: message.delivery.routing_key.to_string(),
+            reply_code: message.reply_code,
+            reply_text: message.reply_text.to_string(),
+        };
+        match id {
+            Some(id) if self.unconfirmed.contains_key(&id) => {
+                tracing::debug!(
+                    message_id = %id,
+                    exchange = %returned.exchange,
+                    routing_key = %returned.routing_key,
+                    reply_code = returned.reply_code,
+                    carried_by = %carrier,
+                    "the broker returned a message"
+                );
+                self.returned.entry(id).or_default().push_back(returned);
             }
-            Ok(Ok(Confirmation::Nack(None) | Confirmation::NotRequested)) => {
-                Err(Error::Nacked { id })
+            _ => tracing::error!(
+                message_id = ?message.delivery.properties.message_id(),
+                exchange = %returned.exchange,
+                routing_key = %returned.routing_key,
+                reply_code = returned.reply_code,
+                "the broker returned a message that no awaited confirm belongs to; if it was counted as delivered, it is lost"
+            ),
+        }
+    }
+
+    /// Records that one publish of `id` got its answer; returns the return
+    /// the broker sent for it, if any.
+    fn answered(&mut self, id: MessageId) -> Option<Returned> {
+        match self.unconfirmed.get_mut(&id) {
+            Some(count) if *count > 1 => *count -= 1,
+            _ => {
+                self.unconfirmed.remove(&id);
             }
-            Ok(Err(source)) => {
+        }
+        let mut returns = self.returned.remove(&id)?;
+        let returned = returns.pop_front();
+        if !returns.is_empty() {
+            self.returned.insert(id, returns);
+        }
+        returned
+    }
+
+    /// Resolves one published message; `false` when the channel failed.
+    fn settle(&mut self, settled: Settled) -> bool {
+        let Settled { seq, id, outcome } = settled;
+        let answer = match outcome {
+            Outcome::TimedOut(confirm) => {
+                if let Some(waiter) = self.waiting.remove(&seq) {
+                    let timeout = self.confirm_timeout;
+                    self.finish(waiter, Err(Error::ConfirmTimeout { id, timeout }));
+                }
+                self.confirms.push(awaiting(seq, id, confirm, None));
+                return true;
+            }
+            Outcome::Late(answer) => {
+                let returned = self.answered(id);
+                tracing::debug!(
+                    message_id = %id,
+                    acked = matches!(answer, Ok(Confirmation::Ack(_))),
+                    returned = returned.is_some(),
+                    "late confirm"
+                );
+                return answer.is_ok();
+            }
+            Outcome::Answered(answer) => answer,
+        };
+        let returned = self.answered(id);
+        let Some(waiter) = self.waiting.remove(&seq) else {
+            return answer.is_ok();
+        };
+        let mut healthy = true;
+        let result = match answer {
+            Ok(Confirmation::Ack(_)) => match returned {
+                None => Ok(()),
+                Some(returned) => Err(returned.into_error(id)),
+            },
+            Ok(Confirmation::Nack(_) | Confirmation::NotRequested) => match returned {
+                None => Err(Error::Nacked { id }),
+                Some(returned) => Err(returned.into_error(id)),
+            },
+            Err(source) => {
                 healthy = false;
                 Err(Error::Connection { id, source })
             }
-            Err(_elapsed) => Err(Error::ConfirmTimeout {
-                id,
-                timeout: self.confirm_timeout,
-            }),
         };
         self.finish(waiter, result);
         healthy
@@ -285,13 +466,20 @@ impl Publisher {
     async fn fail_waiting(&mut self) {
         // The confirms of a failed channel resolve with its error right after
         // the channel's status changes: give them a moment, to keep the cause.
+        let mut batch = Vec::new();
+        let confirms = &mut self.confirms;
         let drain = async {
-            while let Some((seq, outcome)) = self.confirms.next().await {
-                self.settle(seq, outcome);
+            while let Some(settled) = confirms.next().await {
+                batch.push(settled);
             }
         };
         let _ = tokio::time::timeout(CONFIRM_DRAIN, drain).await;
+        self.settle_all(batch);
+        // The channel is gone: so are the confirms still awaited and the
+        // returns that belong to them.
         self.confirms.clear();
+        self.unconfirmed.clear();
+        self.returned.clear();
         let mut waiting: Vec<(u64, Waiter)> = self.waiting.drain().collect();
         waiting.sort_unstable_by_key(|(seq, _)| *seq);
         for (_, waiter) in waiting {

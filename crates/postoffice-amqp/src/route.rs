@@ -117,13 +117,14 @@ impl Mapping {
         let message_id = ShortString::try_new(id.to_string()).map_err(invalid("message id"))?;
         let timestamp = u64::try_from(message.meta.created_at.timestamp()).unwrap_or(0);
         let properties = BasicProperties::default()
-            .with_message_id(message_id)
+            .with_message_id(message_id.clone())
             .with_content_type(content_type)
             .with_delivery_mode(PERSISTENT)
             .with_timestamp(timestamp)
             .with_headers(headers);
         let properties = match &self.properties {
-            Some(customize) => customize(message, properties),
+            // The message id is kept: returned messages are matched by it.
+            Some(customize) => customize(message, properties).with_message_id(message_id),
             None => properties,
         };
         Ok(Mapped {
@@ -131,5 +132,47 @@ impl Mapping {
             routing_key,
             properties,
         })
+    }
+}
+
+/// Frame header (type, channel, size: 7 bytes), class id, weight and body
+/// size (12 bytes) and the frame end octet around a content header's
+/// properties.
+const HEADER_FRAME_OVERHEAD: usize = 20;
+
+/// The size of the content header frame that carries `properties`, which must
+/// fit in one frame of the connection's negotiated `frame_max`.
+pub(crate) fn header_frame_size(properties: &BasicProperties) -> usize {
+    match lapin::protocol::basic::gen_properties(properties)(Vec::new().into()) {
+        Ok(written) => usize::try_from(written.position)
+            .unwrap_or(usize::MAX)
+            .saturating_add(HEADER_FRAME_OVERHEAD),
+        // Properties that do not even serialize cannot be published either.
+        Err(_) => usize::MAX,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_frame_size_counts_every_property() {
+        let empty = header_frame_size(&BasicProperties::default());
+        assert_eq!(empty, HEADER_FRAME_OVERHEAD + 2, "only the property flags");
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("big"),
+            AMQPValue::LongString(LongString::from("v".repeat(1000))),
+        );
+        let properties = BasicProperties::default()
+            .with_message_id(ShortString::from("12"))
+            .with_headers(headers);
+        // flags, message id (1 + 2), table length (4), name (1 + 3), type
+        // (1), value (4 + 1000)
+        assert_eq!(
+            header_frame_size(&properties),
+            HEADER_FRAME_OVERHEAD + 2 + 3 + 4 + 4 + 1 + 1004
+        );
     }
 }

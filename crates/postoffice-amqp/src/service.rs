@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use crate::Error;
 use crate::future::ResponseFuture;
 use crate::order::Order;
 use crate::publisher::{Connector, Job, Publisher, Waiter};
-use crate::route::{Mapping, Route};
+use crate::route::{Mapping, Route, header_frame_size};
 
 /// Default of [`RabbitMqBuilder::confirm_timeout`].
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) order: Arc<Order>,
     mapping: Mapping,
     max_message_size: usize,
+    /// The negotiated largest frame of the current connection.
+    frame_max: Arc<AtomicU32>,
     confirm_timeout: Duration,
     reconnections: Arc<AtomicU64>,
     /// Stops the publisher when the last handle and call are gone.
@@ -150,6 +152,22 @@ impl Service<EncodedMessage> for RabbitMq {
             Ok(mapped) => mapped,
             Err(error) => return self.fail(key, error),
         };
+        // The properties travel in one content header frame: a larger one
+        // makes the broker close the connection that every message shares.
+        let frame_max = self.shared.frame_max.load(Ordering::Relaxed);
+        if frame_max > 0 {
+            let size = header_frame_size(&mapped.properties);
+            if size > frame_max as usize {
+                return self.fail(
+                    key,
+                    Error::HeadersTooLarge {
+                        id,
+                        size,
+                        max: frame_max as usize,
+                    },
+                );
+            }
+        }
 
         let (reply, receiver) = oneshot::channel();
         let timeout = self.shared.confirm_timeout;
@@ -213,6 +231,7 @@ impl RabbitMqBuilder {
             connector: Connector {
                 url,
                 connection_name: None,
+                frame_max: Arc::new(AtomicU32::new(0)),
             },
             mapping: Mapping::default(),
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
@@ -257,6 +276,10 @@ impl RabbitMqBuilder {
     /// Adjusts the AMQP properties of each message: `customize` receives the
     /// defaults (`message_id`, `content_type`, headers, persistent delivery
     /// mode, timestamp) and returns the properties to publish with.
+    ///
+    /// The `message_id` stays the outbox id whatever `customize` returns: the
+    /// transport matches a message the broker returns as unroutable to its
+    /// publish by that property.
     pub fn properties<F>(mut self, customize: F) -> Self
     where
         F: Fn(&EncodedMessage, BasicProperties) -> BasicProperties + Send + Sync + 'static,
@@ -314,6 +337,7 @@ impl RabbitMqBuilder {
         let link = self.connector.open().await.map_err(Error::Connect)?;
         let order = Arc::new(Order::default());
         let reconnections = Arc::new(AtomicU64::new(0));
+        let frame_max = Arc::clone(&self.connector.frame_max);
         let (jobs, receiver) = mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let publisher = Publisher::new(
@@ -334,6 +358,7 @@ impl RabbitMqBuilder {
             order,
             mapping: self.mapping,
             max_message_size: self.max_message_size,
+            frame_max,
             confirm_timeout: self.confirm_timeout,
             reconnections,
             _stop: stop.drop_guard(),
