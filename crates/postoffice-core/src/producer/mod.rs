@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -125,12 +126,17 @@ impl<Po, T, H, P> Producer<Po, T, H, P> {
     /// How many sends of one partition may wait for confirmation at once
     /// (default 1, at least 1).
     ///
-    /// Sends are always started in id order. Above 1, they overlap, so the
-    /// order in which the broker sees them is the order in which the transport
-    /// enqueues them: raise it only for transports that enqueue in call order
-    /// (the RabbitMQ and Kafka transports do) and without layers that delay
-    /// or reorder calls. After a failure, the sends after it that were already
-    /// confirmed are sent again (duplicates, never gaps).
+    /// Sends are always started in id order, and none starts once a send of
+    /// the batch failed. Above 1, sends overlap, so the order in which the
+    /// broker sees them is the order in which the transport enqueues them:
+    /// raise it only for transports that enqueue in call order (the RabbitMQ
+    /// and Kafka transports do) and without layers that delay, retry or
+    /// reorder calls. After a failure the partition starts again from the
+    /// failed message, so sends after it that were already confirmed go out
+    /// twice. Where the broker can refuse one message and accept the next
+    /// (a RabbitMQ return or nack), those later messages reach the consumer
+    /// before the failed one's retry; with 1 (the default) per-key order is
+    /// strict.
     pub fn in_flight_per_partition(mut self, in_flight: usize) -> Self {
         self.config.in_flight_per_partition = in_flight.max(1);
         self
@@ -689,9 +695,16 @@ where
     let mut in_flight: FuturesOrdered<BoxFuture<'static, Sent<T::Response>>> =
         FuturesOrdered::new();
     let mut stopped = false;
+    // Set as soon as any send of this batch fails, even one that is not next
+    // in order yet: no new send may start behind a failure.
+    let failed = Arc::new(AtomicBool::new(false));
     loop {
         // After cancellation, sends already started finish; no new one starts.
-        while !stopped && !stop.is_cancelled() && in_flight.len() < window {
+        while !stopped
+            && !stop.is_cancelled()
+            && !failed.load(AtomicOrdering::Acquire)
+            && in_flight.len() < window
+        {
             let Some(message) = queue.next() else { break };
             let (id, attempts) = (message.id, message.attempts);
             let age = (Utc::now() - message.created_at)
@@ -700,7 +713,7 @@ where
             metrics::histogram!(METRIC_COMMIT_TO_SEND).record(age.as_secs_f64());
             let send = match ServiceExt::<Message<H, P>>::ready(&mut transport).await {
                 Ok(ready) => match catch_unwind(AssertUnwindSafe(|| ready.call(message))) {
-                    Ok(sending) => confirm(id, attempts, sending).boxed(),
+                    Ok(sending) => confirm(id, attempts, sending, Arc::clone(&failed)).boxed(),
                     Err(panic) => {
                         stopped = true;
                         ready_failure(id, attempts, panicked(panic.as_ref()))
@@ -737,14 +750,18 @@ type Sent<R> = (MessageId, u32, Result<R, BoxError>);
 
 /// Awaits a send; a panic inside the transport fails this message for good
 /// instead of ending the relay.
-async fn confirm<F, R>(id: MessageId, attempts: u32, send: F) -> Sent<R>
+async fn confirm<F, R>(id: MessageId, attempts: u32, send: F, failed: Arc<AtomicBool>) -> Sent<R>
 where
     F: std::future::Future<Output = Result<R, BoxError>>,
 {
-    match AssertUnwindSafe(send).catch_unwind().await {
-        Ok(result) => (id, attempts, result),
-        Err(panic) => (id, attempts, Err(panicked(panic.as_ref()))),
+    let result = match AssertUnwindSafe(send).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(panicked(panic.as_ref())),
+    };
+    if result.is_err() {
+        failed.store(true, AtomicOrdering::Release);
     }
+    (id, attempts, result)
 }
 
 fn ready_failure<R: Send + 'static>(
