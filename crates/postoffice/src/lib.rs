@@ -83,7 +83,11 @@ pub mod outbox {
     }
 
     /// The sqlx stores: Postgres (feature `postgres`) and SQLite (feature
-    /// `sqlite`).
+    /// `sqlite`). The `postoffice-sqlx` crate docs describe the schema and
+    /// migrations, partitions, order across transactions, wake-up, deletion
+    /// modes and dead letters; both builders take `.schema(..)`/`.table(..)`,
+    /// and the outbox and its pollers must be given the same names and
+    /// partition count.
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     pub mod sqlx {
         pub use postoffice_core::PartitionKey;
@@ -95,7 +99,9 @@ pub mod outbox {
 pub mod transport {
     pub use postoffice_core::transport::*;
 
-    /// The RabbitMQ transport and its builder, errors and routing.
+    /// The RabbitMQ transport and its builder, errors and routing. The
+    /// `postoffice-amqp` crate docs describe the mapping to AMQP properties,
+    /// confirms and returns, pipelining and reconnection.
     #[cfg(feature = "amqp")]
     pub mod amqp {
         pub use postoffice_amqp::*;
@@ -103,7 +109,9 @@ pub mod transport {
     #[cfg(feature = "amqp")]
     pub use postoffice_amqp::RabbitMq;
 
-    /// The Kafka transport and its builder and errors.
+    /// The Kafka transport and its builder and errors. The
+    /// `postoffice-kafka` crate docs describe delivery, timeouts, order and
+    /// the librdkafka build.
     #[cfg(feature = "kafka")]
     pub mod kafka {
         pub use postoffice_kafka::*;
