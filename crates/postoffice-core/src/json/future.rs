@@ -1,4 +1,5 @@
-//! The response future of [`Json`](super::Json).
+//! The response future of [`Json`](super::Json), also used by other encoding
+//! layers (the CloudEvents layer) whose only failure is an encoding error.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,13 +25,15 @@ enum State<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn sending(inner: F) -> Self {
+    /// A future waiting for the inner service's answer.
+    pub fn sending(inner: F) -> Self {
         Self {
             state: State::Sending(inner),
         }
     }
 
-    pub(crate) fn failed(error: BoxError) -> Self {
+    /// A future that fails with `error` (an encoding failure) on first poll.
+    pub fn failed(error: BoxError) -> Self {
         Self {
             state: State::Failed(Some(error)),
         }
